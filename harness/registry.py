@@ -1,0 +1,73 @@
+"""Method registry: ``@register`` plus discovery of ``methods/*.py`` and entry points.
+
+Third-party packages add methods without editing this repository by declaring an entry point
+in the ``vecbudget.methods`` group that names a module; importing it runs its ``@register``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from importlib.metadata import entry_points
+
+from harness.errors import UnknownNameError
+from harness.method import Method
+
+_REGISTRY: dict[str, type[Method]] = {}
+#: plugin modules that could not be imported for a missing optional dependency: module -> reason
+UNAVAILABLE: dict[str, str] = {}
+_DISCOVERED = False
+ENTRY_POINT_GROUP = "vecbudget.methods"
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method plugin to the registry under ``cls.name``."""
+    for attr in ("name", "family", "paper", "bytes_formula"):
+        if not getattr(cls, attr, None):
+            raise TypeError(f"method {cls.__name__} must declare {attr!r}")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"method name {cls.name!r} registered twice ({existing} and {cls})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def discover() -> None:
+    """Import every module of the ``methods`` package and every entry-point module, once."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import methods
+
+    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            _import(f"methods.{info.name}", lambda n=info.name: importlib.import_module(f"methods.{n}"))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _import(ep.value, ep.load)
+    _DISCOVERED = True
+
+
+def _import(label: str, load) -> None:
+    """Import a plugin module; one whose optional dependency is missing is recorded, not fatal."""
+    try:
+        load()
+    except ModuleNotFoundError as exc:
+        UNAVAILABLE[label] = f"missing dependency {exc.name!r}"
+        warnings.warn(f"method plugin {label} unavailable: missing dependency {exc.name!r}", stacklevel=3)
+
+
+def get_method(name: str) -> type[Method]:
+    discover()
+    if name not in _REGISTRY:
+        raise UnknownNameError("method", name, list(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def all_methods() -> dict[str, type[Method]]:
+    discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def default_methods() -> list[str]:
+    return [name for name, cls in all_methods().items() if cls.default]

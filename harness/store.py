@@ -1,0 +1,61 @@
+"""Append-only Parquet results store.
+
+Each write adds a new part file ``<root>/runs/<utc-time>-<id>.parquet`` (written to a temporary
+file and renamed, so a crash never leaves a half-written part); nothing is ever rewritten.
+:meth:`ResultStore.load` concatenates all parts into one DataFrame.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import DataError
+from harness.io import atomic_path
+
+RESULTS_ROOT = Path(__file__).resolve().parents[1] / "results"
+
+
+class ResultStore:
+    def __init__(self, root: str | Path = RESULTS_ROOT):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+
+    def append(self, rows: list[dict]) -> Path | None:
+        if not rows:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        path = self.runs / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_path(path, suffix=".parquet") as tmp:
+            pd.DataFrame(rows).to_parquet(tmp, index=False)
+        return path
+
+    def parts(self) -> list[Path]:
+        return sorted(self.runs.glob("*.parquet")) if self.runs.exists() else []
+
+    def load(self) -> pd.DataFrame:
+        frames = []
+        for part in self.parts():
+            try:
+                frames.append(pd.read_parquet(part))
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+                raise DataError(f"results file {part} is corrupt ({exc}); move it away to continue") from exc
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True, sort=False)
+
+    def done_hashes(self, statuses: tuple[str, ...] = ("ok",)) -> set[str]:
+        df = self.load()
+        if df.empty:
+            return set()
+        return set(df.loc[df["status"].isin(statuses), "config_hash"])
+
+
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: the most recent run of each config hash."""
+    if df.empty:
+        return df
+    return df.sort_values("created_utc").drop_duplicates("config_hash", keep="last")

@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.budgets import plan, plan_method
+from harness.dataset import RawDataset, prepare
+from harness.errors import BudgetError
+from harness.executor import InlineExecutor
+from harness.method import MemoryAccount, Method
+from harness.registry import get_method
+from harness.store import ResultStore
+from harness.sweep import SweepConfig, plan_tasks, run_sweep
+from tests.conftest import clustered
+
+
+class FakeSQ(Method):
+    name = "fake-sq"
+    family = "test"
+    paper = "none"
+    bytes_formula = "d·bits/8"
+    build_grid = {"bits": [1, 2, 4, 8]}
+
+    @classmethod
+    def bytes_per_vector(cls, dim, n, bits):
+        return dim * bits / 8
+
+    def add(self, vectors):  # pragma: no cover - planning only
+        raise NotImplementedError
+
+    def search(self, queries, k, **kw):  # pragma: no cover
+        raise NotImplementedError
+
+    def memory(self):  # pragma: no cover
+        return MemoryAccount()
+
+
+def test_plan_picks_the_largest_configurations_that_fit_each_budget():
+    chosen = plan_method(FakeSQ, 64, 1000, (8, 20, 64), per_budget=1)
+    # 8 B fits bits=1 (8 B); 20 B fits bits=2 (16 B); 64 B fits bits=8 (64 B)
+    assert [p.build_params["bits"] for p in chosen] == [1, 2, 8]
+    two = plan_method(FakeSQ, 64, 1000, (64,), per_budget=2)
+    assert [p.build_params["bits"] for p in two] == [4, 8]
+
+
+def test_budget_no_configuration_fits_is_an_error():
+    with pytest.raises(BudgetError, match="no configuration fits"):
+        plan([FakeSQ], 64, 1000, (4,))
+
+
+def test_store_round_trip_is_append_only(tmp_path):
+    store = ResultStore(tmp_path)
+    assert store.load().empty
+    p1 = store.append([{"config_hash": "a", "status": "ok", "x": 1.0}])
+    p2 = store.append([{"config_hash": "b", "status": "failed", "x": np.nan}])
+    assert p1 != p2 and len(store.parts()) == 2
+    df = store.load()
+    assert list(df["config_hash"]) == ["a", "b"]
+    assert store.done_hashes() == {"a"}
+    assert store.done_hashes(("ok", "failed")) == {"a", "b"}
+    assert not list(tmp_path.glob("runs/.*"))  # no temporary files left
+
+
+def test_sweep_resumes_without_recomputing_stored_configurations(tmp_path):
+    base, queries = clustered(500, 16, 20)
+    ds = prepare(RawDataset("toy", base, queries, "l2"), tmp_path / "cache", progress=False)
+    store = ResultStore(tmp_path / "results")
+    cfg = SweepConfig(methods=["exact"], budgets=(64, 128), latency_queries=5)
+    first = run_sweep(ds, cfg, store, InlineExecutor(), progress=False)
+    assert len(first) == 1 and first["status"].eq("ok").all()
+    tasks, skipped = plan_tasks(ds, cfg, store)
+    assert tasks == [] and skipped == 1
+    again = run_sweep(ds, cfg, store, InlineExecutor(), progress=False)
+    assert again.empty and len(store.parts()) == 1
+    forced = run_sweep(ds, SweepConfig(methods=["exact"], budgets=(64,), force=True, latency_queries=5),
+                       store, InlineExecutor(), progress=False)
+    assert len(forced) == 1 and len(store.parts()) == 2
+    df = store.load()
+    row = df.iloc[0]
+    assert row["recall_at_10"] == 1.0 and row["bytes_per_vector"] == pytest.approx(64, rel=0.01)
+    assert row["method"] == get_method("exact").name
+    assert isinstance(pd.read_parquet(store.parts()[0]), pd.DataFrame)
