@@ -213,6 +213,7 @@ def fit_free_embeddings(
     temperature: float = 0.05,
     patience: int = 300,
     check_every: int = 10,
+    loss: str = "pairs",
 ) -> FreeEmbeddingFit:
     """Optimise unit query and document vectors directly so each query's top-k is its qrel set.
 
@@ -227,34 +228,46 @@ def fit_free_embeddings(
         raise ValueError("qrels must be a non-empty (n_queries, k) array of document ids")
     if qrels.min() < 0 or qrels.max() >= n_docs:
         raise ValueError(f"qrels name documents outside [0, {n_docs})")
+    if loss not in ("pairs", "summed"):
+        raise ValueError(f"loss must be 'pairs' or 'summed', not {loss!r}")
     m = qrels.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    q = torch.nn.functional.normalize(torch.randn(m, dim, generator=g, dtype=torch.float64), dim=1)
-    d = torch.nn.functional.normalize(torch.randn(n_docs, dim, generator=g, dtype=torch.float64), dim=1)
-    q.requires_grad_(True)
-    d.requires_grad_(True)
-    rel = torch.from_numpy(relevance_matrix(qrels, n_docs))
-    opt = torch.optim.Adam([q, d], lr=lr)
-    best, since, step, loss_v = math.inf, 0, 0, math.inf
-    solved = 0.0
-    for step in range(1, steps + 1):  # noqa: B007 - step is reported after the loop
-        s = (q @ d.T) / temperature
-        loss = (torch.logsumexp(s, 1) - torch.logsumexp(s.masked_fill(~rel, -math.inf), 1)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            q.copy_(torch.nn.functional.normalize(q, dim=1))
-            d.copy_(torch.nn.functional.normalize(d, dim=1))
-        loss_v = float(loss)
-        if loss_v < best - 1e-9:
-            best, since = loss_v, 0
-        else:
-            since += 1
-        if step % check_every == 0 or step == steps or since >= patience:
-            solved = float(realised(q.detach().numpy(), d.detach().numpy(), qrels).mean())
-            if solved == 1.0 or since >= patience:
-                break
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only add overhead
+    try:
+        g = torch.Generator().manual_seed(seed)
+        q = torch.nn.functional.normalize(torch.randn(m, dim, generator=g, dtype=torch.float64), dim=1)
+        d = torch.nn.functional.normalize(torch.randn(n_docs, dim, generator=g, dtype=torch.float64), dim=1)
+        q.requires_grad_(True)
+        d.requires_grad_(True)
+        rel = torch.from_numpy(relevance_matrix(qrels, n_docs))
+        pos = torch.from_numpy(qrels)
+        opt = torch.optim.Adam([q, d], lr=lr)
+        best, since, step, loss_v = math.inf, 0, 0, math.inf
+        for step in range(1, steps + 1):  # noqa: B007 - step is reported after the loop
+            s = (q @ d.T) / temperature
+            if loss == "summed":
+                lv = (torch.logsumexp(s, 1) - torch.logsumexp(s.masked_fill(~rel, -math.inf), 1)).mean()
+            else:  # one InfoNCE term per (query, relevant document) against the non-relevant ones
+                neg = torch.logsumexp(s.masked_fill(rel, -math.inf), 1, keepdim=True)
+                sp = torch.gather(s, 1, pos)
+                lv = (torch.logaddexp(sp, neg) - sp).mean()
+            opt.zero_grad()
+            lv.backward()
+            opt.step()
+            with torch.no_grad():
+                q.copy_(torch.nn.functional.normalize(q, dim=1))
+                d.copy_(torch.nn.functional.normalize(d, dim=1))
+            loss_v = float(lv.detach())
+            if loss_v < best - 1e-9:
+                best, since = loss_v, 0
+            else:
+                since += 1
+            if step % check_every == 0 or step == steps or since >= patience:
+                done = realised(q.detach().numpy(), d.detach().numpy(), qrels).all()
+                if done or since >= patience:
+                    break
+    finally:
+        torch.set_num_threads(threads)
     qn, dn = q.detach().numpy(), d.detach().numpy()
     solved = float(realised(qn, dn, qrels).mean())
     return FreeEmbeddingFit(qn.astype(np.float32), dn.astype(np.float32), solved, step, loss_v)

@@ -32,6 +32,21 @@ from harness.registry import get_method
 
 RECALL_KS = (1, 10, 100)
 BYTES_TOLERANCE = 0.10
+#: per-query values kept in the result row itself (bootstrap intervals need no raw files)
+PER_QUERY_IN_ROW = ("recall_at_10", "ndcg_at_10", "qrels_recall_at_100")
+#: test-only switch, "method:param=factor": scales an integer build parameter of that method
+#: while the row keeps the configured parameters, to prove that `vecbudget check` catches it
+DEGRADE_ENV = "VECBUDGET_TEST_DEGRADE"
+
+
+def degraded(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    spec = os.environ.get(DEGRADE_ENV, "")
+    if not spec or not spec.startswith(f"{method}:"):
+        return params
+    name, factor = spec.split(":", 1)[1].split("=")
+    if name not in params:
+        return params
+    return {**params, name: max(1, int(round(params[name] * float(factor))))}
 
 
 @dataclass
@@ -126,7 +141,7 @@ def run_task(task: Task) -> list[dict[str, Any]]:
     else:
         train = base
 
-    index = cls(ds.dim, ds.method_metric, **task.build_params)
+    index = cls(ds.dim, ds.method_metric, **degraded(task.method, task.build_params))
     _set_threads(index, threads)
     t0 = time.perf_counter()
     index.fit(train, ds.train_queries if cls.uses_train_queries else None)
@@ -190,6 +205,8 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             "train_s": train_s,
             "build_s": build_s,
             **{name: float(np.nanmean(v)) for name, v in per_query.items()},
+            **{f"per_query_{name}": per_query[name].astype(np.float32).tolist()
+               for name in PER_QUERY_IN_ROW if name in per_query},
         })
         if task.raw_dir:
             raw = Path(task.raw_dir) / ds.name / f"{chash}.npz"
