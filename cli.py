@@ -49,13 +49,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a budgeted sweep on a data set, then print the leaderboard and write plots."""
-    from harness import leaderboard as lb
-    from harness.executor import ProcessExecutor
-    from harness.loaders import load_dataset
-    from harness.plots import plot_dataset
     from harness.registry import all_methods, get_method
-    from harness.store import ResultStore
-    from harness.sweep import SweepConfig, run_sweep
 
     if k < 1 or k > 100:
         raise VecbudgetError(f"--k must be between 1 and 100, got {k}")
@@ -65,6 +59,13 @@ def run(
     for name in names:
         get_method(name)  # unknown names fail before any encoding
     budgets = _budgets(budget)
+    from harness import leaderboard as lb
+    from harness.executor import ProcessExecutor
+    from harness.loaders import load_dataset
+    from harness.plots import plot_dataset
+    from harness.store import ResultStore
+    from harness.sweep import SweepConfig, run_sweep
+
     overrides = {"documents": None} if full else {}
     ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     store = ResultStore(results_dir)

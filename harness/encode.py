@@ -16,12 +16,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from harness.errors import VecbudgetError
-from harness.io import atomic_save_npy
+from harness import prompts
+from harness.errors import DataError, VecbudgetError
+from harness.io import atomic_path, atomic_save_npy
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -35,10 +37,40 @@ class EncoderSpec:
     normalize: bool = True
     query_prompt: str = ""
     document_prompt: str = ""
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], where: str = "encoder") -> EncoderSpec:
+        """A spec from a manifest ``[encoder]`` table (plus CLI overrides).
+
+        Prompts not given fall back to the model's defaults in :mod:`harness.prompts` (e.g. E5's
+        ``"query: "``/``"passage: "``); an explicit empty string means no prompt.
+        """
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DataError(
+                f"{where}: unknown encoder option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        opts = dict(options)
+        model = str(opts.get("model", DEFAULT_MODEL))
+        entry = prompts.lookup(model)
+        if entry is not None:
+            opts.setdefault("query_prompt", entry.query)
+            opts.setdefault("document_prompt", entry.document)
+            opts.setdefault("trust_remote_code", entry.trust_remote_code)
+        for name in ("max_length", "batch_size"):
+            if name in opts and (isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1):
+                raise DataError(f"{where}: {name} must be a positive integer, got {opts[name]!r}")
+        return cls(**opts)
+
+    def prompt(self, role: str) -> str:
+        return self.query_prompt if role == "query" else self.document_prompt
 
     def key(self, role: str) -> dict:
         d = asdict(self)
         d.pop("batch_size")
+        d.pop("trust_remote_code")  # how the model loads, not what it computes
         prompt = self.query_prompt if role == "query" else self.document_prompt
         d.pop("query_prompt")
         d.pop("document_prompt")
@@ -58,12 +90,12 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-_MODELS: dict[tuple[str, int], object] = {}
+_MODELS: dict[tuple[str, int, bool], object] = {}
 
 
 def load_encoder(spec: EncoderSpec):
     """A SentenceTransformer on CPU for ``spec`` (cached per process)."""
-    key = (spec.model, spec.max_length)
+    key = (spec.model, spec.max_length, spec.trust_remote_code)
     if key not in _MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,7 +106,9 @@ def load_encoder(spec: EncoderSpec):
                 "encoding text needs sentence-transformers: pip install '.[embed]'"
             ) from exc
         try:
-            model = SentenceTransformer(resolve_model_path(spec.model), device="cpu")
+            model = SentenceTransformer(
+                resolve_model_path(spec.model), device="cpu", trust_remote_code=spec.trust_remote_code
+            )
         except Exception as exc:  # noqa: BLE001 - any load failure is the user's to fix
             raise VecbudgetError(f"could not load encoder {spec.model!r}: {exc}") from exc
         model.max_seq_length = spec.max_length
@@ -105,7 +139,11 @@ def encode_texts(
     progress: bool = True,
     desc: str = "encoding",
 ) -> np.ndarray:
-    """Encode ``texts`` (role "query" or "document"), using and filling the cache."""
+    """Encode ``texts`` (role "query" or "document"), using and filling the cache.
+
+    Returns the cached array memory-mapped (read-only): a collection larger than RAM is
+    assembled from its chunk files without being held in memory at once.
+    """
     if not texts:
         raise VecbudgetError(f"nothing to encode for {desc}: the {role} list is empty")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -114,24 +152,25 @@ def encode_texts(
     if final.exists():
         try:
             arr = np.load(final, mmap_mode="r")
-            if arr.shape[0] == len(texts):
-                return np.asarray(arr)
+            if arr.ndim == 2 and arr.shape[0] == len(texts) and arr.dtype == np.float32:
+                return arr
         except (ValueError, OSError):
             pass  # corrupt cache file: re-encode
         final.unlink()
     parts = cache_dir / f"emb-{key}.parts"
     parts.mkdir(exist_ok=True)
-    prompt = spec.query_prompt if role == "query" else spec.document_prompt
+    prompt = spec.prompt(role)
     bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-    chunks = []
+    files = []
+    dim = 0
     for i, start in enumerate(range(0, len(texts), chunk)):
         part = parts / f"{i:06d}.npy"
         batch = texts[start : start + chunk]
         emb = None
         if part.exists():
             try:
-                emb = np.load(part)
-                if emb.shape[0] != len(batch):
+                emb = np.load(part, mmap_mode="r")
+                if emb.shape[0] != len(batch) or emb.ndim != 2:
                     emb = None
             except (ValueError, OSError):
                 emb = None
@@ -145,10 +184,18 @@ def encode_texts(
                 show_progress_bar=False,
             ).astype(np.float32)
             atomic_save_npy(part, emb)
-        chunks.append(emb)
+        dim = emb.shape[1]
+        files.append(part)
         bar.update(len(batch))
     bar.close()
-    out = np.concatenate(chunks).astype(np.float32)
-    atomic_save_npy(final, out)
+    with atomic_path(final, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+        row = 0
+        for part in files:
+            emb = np.load(part, mmap_mode="r")
+            out[row : row + emb.shape[0]] = emb
+            row += emb.shape[0]
+        out.flush()
+        del out
     shutil.rmtree(parts, ignore_errors=True)
-    return out
+    return np.load(final, mmap_mode="r")

@@ -107,8 +107,9 @@ def validate_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
         count, first = _nonfinite_rows(x)
         if count:
             rows = "row" if count == 1 else "rows"
+            verb = "contains" if count == 1 else "contain"
             raise DataError(
-                f"{name}: {count} {rows} of {n} contain NaN or infinite values "
+                f"{name}: {count} {rows} of {n} {verb} NaN or infinite values "
                 f"(first at row {first})"
             )
     return x

@@ -138,7 +138,8 @@ def _positive_knn(
     space: _Space, points: np.ndarray, self_ids: np.ndarray | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per point: its k smallest positive Euclidean distances to the base (NaN rows where fewer
-    than k exist among the ``2k+1`` nearest), and whether it has an exact copy in the base."""
+    than k exist among the ``2k+1`` nearest), and whether it has an exact copy in the base
+    (other than itself: ``self_ids`` gives each point's own base row, or None for queries)."""
     n = space.shape[0]
     k_search = min(n, 2 * k + 1)
     _, ids = exact_knn(space, points, k_search, "l2")
@@ -157,7 +158,7 @@ def _positive_knn(
         invalid = idc < 0
         if self_ids is not None:
             invalid |= idc == self_ids[s : s + step, None]
-        dup[s : s + step] = ((dist == 0) & (idc >= 0)).any(axis=1)
+        dup[s : s + step] = ((dist == 0) & ~invalid).any(axis=1)
         dist = np.where(invalid | (dist <= 0), np.inf, dist)
         dist.sort(axis=1)
         kept = dist[:, :k]

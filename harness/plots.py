@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.io import atomic_path  # noqa: E402
 from harness.leaderboard import current_runs, quality_metric  # noqa: E402
 
 LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_10": "recall@10"}
@@ -64,7 +65,8 @@ def plot_dataset(df: pd.DataFrame, dataset: str, out_dir: str | Path) -> list[Pa
         fig.tight_layout()
         for ext in ("png", "svg"):
             path = out_dir / f"{name}.{ext}"
-            fig.savefig(path, dpi=110)
+            with atomic_path(path, suffix=f".{ext}") as tmp:
+                fig.savefig(tmp, dpi=110)
             written.append(path)
         plt.close(fig)
     return written
