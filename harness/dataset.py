@@ -209,6 +209,38 @@ class PreparedDataset:
     def has_qrels(self) -> bool:
         return bool(self.meta["has_qrels"])
 
+    MULTIVECTOR_DIR = "multivector"
+
+    def multivector(self, role: str = "document") -> Any:
+        """Token-level embeddings (a :class:`harness.multivector.RaggedVectors`, memory-mapped) of
+        the documents (row i ↔ base row i) or queries, or None if not prepared
+        (``vecbudget datasets prepare NAME --multivector``)."""
+        from harness.multivector import RaggedVectors
+
+        index = self.path / self.MULTIVECTOR_DIR / "index.json"
+        if not index.exists():
+            return None
+        try:
+            folder = json.loads(index.read_text()).get(role)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cache file {index} is corrupt ({exc}); delete it to rebuild") from exc
+        return RaggedVectors.load(self.path / self.MULTIVECTOR_DIR / folder) if folder else None
+
+    def stats(self, k: int = 20, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+        """:func:`harness.intrinsic.dataset_stats` of base vs queries, cached in the folder."""
+        from harness.intrinsic import dataset_stats
+        from harness.io import atomic_write_json
+
+        f = self.path / f"stats-k{k}-s{sample}-r{seed}.json"
+        if f.exists():
+            try:
+                return json.loads(f.read_text())
+            except (OSError, ValueError):
+                pass
+        out = dataset_stats(self.base, self.queries, self.metric, k=k, sample=sample, seed=seed)
+        atomic_write_json(f, out)
+        return out
+
 
 def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> PreparedDataset:
     """Validate, normalise (cosine), fingerprint, compute exact ground truth, and store.

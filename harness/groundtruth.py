@@ -95,21 +95,17 @@ def true_distance(faiss_scores: np.ndarray, metric: str, *, cosine: bool = False
     return (1.0 - faiss_scores) if cosine else -faiss_scores
 
 
-def pair_scores(base: np.ndarray, queries: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
-    """Exact faiss-convention scores between each query and the listed base ids (-1 → NaN)."""
+def pair_scores(base: np.ndarray, queries: np.ndarray, ids: np.ndarray, metric: str,
+                chunk: int = 64) -> np.ndarray:
+    """Exact faiss-convention scores between each query and the listed base ids (-1 → NaN).
+
+    Works on ``chunk`` queries at a time, so memory stays at chunk·k·d floats.
+    """
     nq, k = ids.shape
-    safe = np.where(ids >= 0, ids, 0)
-    order = np.argsort(safe, axis=None, kind="stable")
-    # gather rows in sorted order (memory-map friendly), then scatter back
-    flat = safe.reshape(-1)[order]
-    vecs = np.empty((flat.size, base.shape[1]), dtype=np.float32)
-    vecs[:] = base[flat]
-    back = np.empty_like(vecs)
-    back[order] = vecs
-    vecs = back.reshape(nq, k, -1)
-    q = np.asarray(queries, dtype=np.float32)[:, None, :]
-    if metric == "l2":
-        scores = ((vecs - q) ** 2).sum(-1)
-    else:
-        scores = (vecs * q).sum(-1)
-    return np.where(ids >= 0, scores, np.nan).astype(np.float32)
+    out = np.empty((nq, k), dtype=np.float32)
+    for q0 in range(0, nq, chunk):
+        idx = ids[q0 : q0 + chunk]
+        vecs = np.asarray(base[np.where(idx >= 0, idx, 0)], dtype=np.float32)  # (c, k, d)
+        q = np.asarray(queries[q0 : q0 + chunk], dtype=np.float32)[:, None, :]
+        out[q0 : q0 + chunk] = ((vecs - q) ** 2).sum(-1) if metric == "l2" else (vecs * q).sum(-1)
+    return np.where(ids >= 0, out, np.nan).astype(np.float32)
