@@ -82,6 +82,9 @@ class Method(ABC):
         self.metric = metric
         self.params = dict(build_params)
         self.ntotal = 0
+        #: number of vectors that ``add`` will receive, set by the harness before ``fit`` (the
+        #: training set may be a sample); methods sizing structures by n (IVF lists) use it
+        self.expected_n: int | None = None
 
     # ----- declared sizes ---------------------------------------------------------------
     @classmethod
@@ -100,7 +103,12 @@ class Method(ABC):
         return [c for c in expand_grid(cls.build_grid) if cls.is_valid(dim, **c)]
 
     @classmethod
-    def search_configs(cls) -> list[dict[str, Any]]:
+    def search_configs(cls, **build_params: Any) -> list[dict[str, Any]]:
+        """Search configurations to evaluate on an index built with ``build_params``.
+
+        Default: the whole declared search grid. Override when a search parameter only applies
+        to some builds (e.g. a re-rank factor without a re-rank tier).
+        """
         return expand_grid(cls.search_grid)
 
     # ----- lifecycle --------------------------------------------------------------------

@@ -55,7 +55,7 @@ def plan_tasks(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> tup
     prov = provenance()
     tasks, skipped = [], 0
     for b in builds:
-        searches = get_method(b.method).search_configs()
+        searches = get_method(b.method).search_configs(**b.build_params)
         todo = [(s, run_config_hash(ds, b.method, b.build_params, s, cfg)) for s in searches]
         remaining = [(s, h) for s, h in todo if h not in done]
         skipped += len(todo) - len(remaining)

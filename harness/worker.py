@@ -142,6 +142,7 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         train = base
 
     index = cls(ds.dim, ds.method_metric, **degraded(task.method, task.build_params))
+    index.expected_n = ds.n
     _set_threads(index, threads)
     t0 = time.perf_counter()
     index.fit(train, ds.train_queries if cls.uses_train_queries else None)
