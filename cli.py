@@ -20,6 +20,26 @@ app.add_typer(datasets_app, name="datasets")
 ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Results folder (runs, leaderboards, plots).")]
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
+# encoder options shared by `run`, `datasets prepare` and `datasets info` (text data sets)
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Encoder: any sentence-transformers model name or local path (text data sets).")]
+QueryPromptOpt = Annotated[str | None, typer.Option("--query-prompt", help="Prefix for queries, e.g. 'query: ' (default: the manifest's, else the model's known prompt).")]
+DocPromptOpt = Annotated[str | None, typer.Option("--doc-prompt", help="Prefix for documents, e.g. 'passage: '.")]
+MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", help="Encoder max sequence length in tokens.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Encoder batch size.")]
+NormalizeOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise embeddings (default: the manifest's, normally on).")]
+
+
+def _encoder_overrides(model: str | None = None, query_prompt: str | None = None, doc_prompt: str | None = None,
+                       max_length: int | None = None, batch_size: int | None = None,
+                       normalize: bool | None = None) -> dict:
+    """Encoder overrides for :func:`harness.loaders.load_dataset` (only the options given)."""
+    for name, value in (("--max-length", max_length), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise VecbudgetError(f"{name} must be a positive integer, got {value}")
+    given = {"model": model, "query_prompt": query_prompt, "document_prompt": doc_prompt,
+             "max_length": max_length, "batch_size": batch_size, "normalize": normalize}
+    return {key: value for key, value in given.items() if value is not None}
+
 
 def _budgets(values: list[float] | None) -> tuple[float, ...]:
     from harness.budgets import DEFAULT_BUDGETS
@@ -47,6 +67,12 @@ def run(
     memory_limit_gb: Annotated[float, typer.Option(help="Address-space limit per worker, GiB (default 75% of RAM).")] = 0,
     results_dir: ResultsDir = DEFAULT_RESULTS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    model: ModelOpt = None,
+    query_prompt: QueryPromptOpt = None,
+    doc_prompt: DocPromptOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchSizeOpt = None,
+    normalize: NormalizeOpt = None,
 ) -> None:
     """Run a budgeted sweep on a data set, then print the leaderboard and write plots."""
     from harness.registry import all_methods, get_method
@@ -67,6 +93,7 @@ def run(
     from harness.sweep import SweepConfig, run_sweep
 
     overrides = {"documents": None} if full else {}
+    overrides.update(_encoder_overrides(model, query_prompt, doc_prompt, max_length, batch_size, normalize))
     ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     store = ResultStore(results_dir)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
@@ -100,11 +127,173 @@ def list_methods() -> None:
 
 @datasets_app.command("list")
 def datasets_list() -> None:
-    """List the data sets declared in datasets/*.toml."""
+    """List the data sets declared in datasets/*.toml (and $VECBUDGET_MANIFESTS) and where their data are."""
+    from harness.loaders import source_status
     from harness.manifest import manifests
 
-    for name, m in manifests().items():
-        typer.echo(f"{name}  [{m.format}, {m.metric}]  {m.description}")
+    rows = [(name, f"[{m.format}, {m.metric}]", source_status(m), m.description) for name, m in sorted(manifests().items())]
+    w0 = max((len(r[0]) for r in rows), default=0)
+    w1 = max((len(r[1]) for r in rows), default=0)
+    w2 = max((len(r[2]) for r in rows), default=0)
+    for name, kind, status, desc in rows:
+        typer.echo(f"{name:<{w0}}  {kind:<{w1}}  {status:<{w2}}  {desc}")
+
+
+def _dataset_overrides(full: bool, **encoder: object) -> dict:
+    overrides = {"documents": None} if full else {}
+    overrides.update(_encoder_overrides(**encoder))
+    return overrides
+
+
+def _kv(lines: list[str], key: str, value: object, indent: int = 2) -> None:
+    if value is None or value == "" or value == {} or value == []:
+        return
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    lines.append(f"{' ' * indent}{key + ':':<26}{value}")
+
+
+def _describe(ds, m, stats: dict | None) -> list[str]:
+    """Human-readable summary of a prepared data set (manifest, sizes, judgments, statistics)."""
+    import numpy as np
+
+    from harness.loaders import source_status
+
+    meta = ds.meta
+    lines = [f"{ds.name}", "manifest"]
+    _kv(lines, "description", m.description)
+    _kv(lines, "format", m.format)
+    _kv(lines, "source", str(m.path) if m.path else m.url)
+    _kv(lines, "url", m.url if m.path else None)
+    _kv(lines, "status", source_status(m))
+    _kv(lines, "licence", m.licence)
+    _kv(lines, "citation", m.citation)
+    _kv(lines, "tags", ", ".join(m.tags))
+    enc = meta.get("info", {}).get("encoder") or m.encoder
+    if enc:
+        _kv(lines, "encoder", ", ".join(f"{k}={v!r}" for k, v in enc.items()))
+    _kv(lines, "options", ", ".join(f"{k}={v!r}" for k, v in m.options.items()))
+    lines.append("data")
+    _kv(lines, "n (documents/base)", f"{ds.n:,}")
+    _kv(lines, "d", ds.dim)
+    _kv(lines, "nq (test queries)", f"{ds.nq:,}")
+    if ds.train_queries is not None:
+        _kv(lines, "training queries", f"{ds.train_queries.shape[0]:,}")
+    _kv(lines, "metric", ds.metric + (" (vectors L2-normalised; methods see ip)" if ds.metric == "cosine" else ""))
+    _kv(lines, "source dtype", meta.get("source_dtype"))
+    _kv(lines, "ground truth", f"exact top-{meta['gt_k']} per query")
+    shipped = meta.get("shipped_gt")
+    if shipped:
+        _kv(lines, "shipped neighbours", f"{shipped['rows_equal_up_to_ties']}/{shipped.get('rows_checked', shipped['rows'])} "
+            f"checked rows equal up to ties (k={shipped['k']}; {shipped['positions_identical']:.2%} positions identical)")
+    _kv(lines, "prepared folder", ds.path)
+    if ds.has_qrels:
+        qrels = ds.qrels
+        judged = [q for q in ds.query_ids if q in qrels]
+        counts = np.array([len(qrels[q]) for q in judged]) if judged else np.zeros(1)
+        levels = sorted({s for q in judged for s in qrels[q].values()})
+        lines.append("relevance judgments")
+        _kv(lines, "judged queries", f"{len(judged):,} of {ds.nq:,}")
+        _kv(lines, "judgments", f"{int(counts.sum()):,} (mean {counts.mean():.2f}, max {int(counts.max())} per query)")
+        _kv(lines, "grades", ", ".join(map(str, levels)))
+    mv = [role for role in ("document", "query") if ds.multivector(role) is not None]
+    if mv:
+        rv = ds.multivector("document")
+        _kv(lines, "multi-vector", f"{', '.join(mv)} token embeddings; documents: {rv.n_tokens:,} tokens "
+            f"(mean {rv.n_tokens / len(rv):.1f} per text)")
+    if stats:
+        lid, shift, norms = stats["lid"], stats["shift"], stats["norms"]
+        lines.append(f"statistics (LID: MLE, k={lid['k']}; {lid['base_sampled']} sampled base vectors)")
+        for who in ("base", "queries"):
+            if who in norms:
+                nm = norms[who]
+                _kv(lines, f"norms {who}", f"mean {nm['mean']:.4g}, std {nm['std']:.3g}, min {nm['min']:.4g}, max {nm['max']:.4g}")
+        _kv(lines, "LID base", f"mean {lid['base_mean']:.2f}, median {lid['base_median']:.2f}")
+        if "queries_mean" in lid:
+            _kv(lines, "LID queries", f"mean {lid['queries_mean']:.2f}, median {lid['queries_median']:.2f}")
+        if "mean_shift" in shift:
+            _kv(lines, "mean shift", f"{shift['mean_shift']:.3f} (sampling noise alone: ~{shift['mean_shift_iid']:.3f})")
+            _kv(lines, "centroid cosine", f"base {shift['centroid_cosine_base']:.3f}, queries {shift['centroid_cosine_queries']:.3f}")
+            _kv(lines, "NN distance ratio", f"1-NN {shift['nn1_ratio']:.3f}, {lid['k']}-NN {shift['nnk_ratio']:.3f} "
+                "(queries vs base; ~1 in distribution)")
+            _kv(lines, "residual off 90% subsp.", f"base {shift['base_residual_90']:.3f}, queries {shift['query_residual_90']:.3f} "
+                f"(subspace dim {shift['subspace_dim_90']})")
+            _kv(lines, "queries in base", f"{shift['queries_in_base']:.1%}")
+    return lines
+
+
+@datasets_app.command("prepare")
+def datasets_prepare(
+    name: Annotated[str, typer.Argument(help="Data set name (see `datasets list`), manifest .toml, .hdf5 file or folder.")],
+    multivector: Annotated[bool, typer.Option("--multivector", help="Also store token-level embeddings (text data sets).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    model: ModelOpt = None,
+    query_prompt: QueryPromptOpt = None,
+    doc_prompt: DocPromptOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchSizeOpt = None,
+    normalize: NormalizeOpt = None,
+) -> None:
+    """Download (if needed and possible), encode, validate and compute exact ground truth; cached."""
+    from harness.loaders import load_dataset, prepare_multivector
+
+    overrides = _dataset_overrides(full, model=model, query_prompt=query_prompt, doc_prompt=doc_prompt,
+                                   max_length=max_length, batch_size=batch_size, normalize=normalize)
+    ds = load_dataset(name, overrides=overrides, progress=not quiet)
+    if multivector:
+        prepare_multivector(name, overrides=overrides, progress=not quiet, ds=ds)
+    typer.echo(f"{ds.name}: n={ds.n:,} d={ds.dim} queries={ds.nq} metric={ds.metric} "
+               f"ground truth top-{ds.meta['gt_k']}" + (", qrels" if ds.has_qrels else ""))
+    shipped = ds.meta.get("shipped_gt")
+    if shipped:
+        typer.echo(f"shipped neighbours: {shipped['rows_equal_up_to_ties']}/{shipped.get('rows_checked', shipped['rows'])} "
+                   f"checked rows equal to the recomputed ground truth up to ties (k={shipped['k']})")
+    if multivector:
+        for role in ("document", "query"):
+            rv = ds.multivector(role)
+            typer.echo(f"multi-vector {role}s: {len(rv):,} texts, {rv.n_tokens:,} tokens, d={rv.dim}")
+    typer.echo(f"prepared: {ds.path}")
+
+
+@datasets_app.command("info")
+def datasets_info(
+    name: Annotated[str, typer.Argument(help="Data set name (see `datasets list`), manifest .toml, .hdf5 file or folder.")],
+    lid_k: Annotated[int, typer.Option("--lid-k", help="Neighbours for the LID (MLE) estimate.")] = 20,
+    sample: Annotated[int, typer.Option(help="Base vectors and queries sampled for LID and NN statistics.")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    no_stats: Annotated[bool, typer.Option("--no-stats", help="Skip norms, LID and shift.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    model: ModelOpt = None,
+    query_prompt: QueryPromptOpt = None,
+    doc_prompt: DocPromptOpt = None,
+    max_length: MaxLengthOpt = None,
+    batch_size: BatchSizeOpt = None,
+    normalize: NormalizeOpt = None,
+) -> None:
+    """Manifest, sizes, metric, judgments, and data statistics: norms, LID, query-vs-document shift.
+
+    Prepares the data set first if needed (which may download and encode).
+    """
+    import json
+
+    from harness.loaders import load_dataset, manifest_for
+
+    if lid_k < 2 or sample < 1:
+        raise VecbudgetError("--lid-k must be at least 2 and --sample at least 1")
+    overrides = _dataset_overrides(full, model=model, query_prompt=query_prompt, doc_prompt=doc_prompt,
+                                   max_length=max_length, batch_size=batch_size, normalize=normalize)
+    m = manifest_for(name, overrides)
+    ds = load_dataset(name, overrides=overrides, progress=not quiet)
+    stats = None if no_stats else ds.stats(k=lid_k, sample=sample)
+    if as_json:
+        out = {"name": ds.name, "manifest": m.info(), "description": m.description, "n": ds.n, "dim": ds.dim,
+               "nq": ds.nq, "metric": ds.metric, "has_qrels": ds.has_qrels, "path": str(ds.path),
+               "shipped_gt": ds.meta.get("shipped_gt"), "stats": stats}
+        typer.echo(json.dumps(out, indent=1, default=str))
+        return
+    typer.echo("\n".join(_describe(ds, m, stats)))
 
 
 @app.command()
@@ -140,6 +329,47 @@ def plot(
         raise VecbudgetError(f"no stored runs for data set {dataset!r} in {results_dir}")
     for p in paths:
         typer.echo(str(p))
+
+
+@app.command()
+def report(
+    results_dir: ResultsDir = DEFAULT_RESULTS,
+    out: Annotated[Path | None, typer.Option("--out", help="Site folder (default: RESULTS_DIR/report).")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report (default: RESULTS_DIR/REPORT.md).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include; repeat for several (default: all stored).")] = None,
+    budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
+) -> None:
+    """Write the static report site (leaderboards, plots, method pages) and REPORT.md."""
+    from harness.report import build_report
+
+    paths = build_report(results_dir, out, markdown=markdown, budgets=_budgets(budget), datasets=dataset or None)
+    typer.echo(f"report: {paths.site / 'index.html'} ({len(paths.datasets)} data set(s), "
+               f"{len(paths.methods)} method(s))\nmarkdown: {paths.markdown}")
+
+
+@app.command()
+def check(
+    suite: Annotated[Path | None, typer.Option("--suite", help="Suite file (default: results/baselines/suite.toml).")] = None,
+    baseline: Annotated[Path | None, typer.Option("--baseline", help="Baseline file (default: results/baselines/baseline.json).")] = None,
+    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Rewrite the baseline from this run, on purpose.")] = False,
+    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Rounds (fresh builds) instead of the suite's.")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report-file", help="Where to write the Markdown comparison (default: results/tmp/check_report.md).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-build progress lines.")] = False,
+) -> None:
+    """Re-run the fixed regression suite and compare with the committed baseline (exit 1 on a regression)."""
+    from harness import check as chk
+
+    result = chk.run_check(suite or chk.DEFAULT_SUITE, baseline or chk.DEFAULT_BASELINE,
+                           update_baseline=update_baseline, repeats=repeats,
+                           report_path=report_file or chk.DEFAULT_REPORT, progress=not quiet)
+    if result.updated:
+        typer.echo(result.markdown)
+        return
+    typer.echo(result.markdown.split("\n## All comparisons")[0])
+    if result.report_path:
+        typer.echo(f"full comparison: {result.report_path}")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from harness.groundtruth import exact_knn, same_up_to_ties
 GT_K = 128  # neighbours kept per query: recall@100 plus room to extend distance ties
 FORMAT_VERSION = 1
 DATASET_METRICS = ("l2", "ip", "cosine")
+CHUNK_ROWS = 65536  # rows per pass over a (possibly memory-mapped) array
 
 
 def method_metric(metric: str) -> str:
@@ -42,8 +43,8 @@ def check_vectors(x: np.ndarray, what: str, dim: int | None = None) -> None:
     if dim is not None and x.shape[1] != dim:
         raise DataError(f"{what}: dimension {x.shape[1]} does not match the base dimension {dim}")
     bad_rows = []
-    for start in range(0, x.shape[0], 65536):
-        block = np.asarray(x[start : start + 65536], dtype=np.float32)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        block = np.asarray(x[start : start + CHUNK_ROWS], dtype=np.float32)
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
             bad_rows.extend((np.flatnonzero(bad) + start).tolist())
@@ -52,9 +53,6 @@ def check_vectors(x: np.ndarray, what: str, dim: int | None = None) -> None:
             f"{what}: {len(bad_rows)} vector(s) contain NaN or infinite values "
             f"(first at row {bad_rows[0]})"
         )
-
-
-CHUNK_ROWS = 65536  # rows per pass over a (possibly memory-mapped) array
 
 
 def _float_rows(x: np.ndarray, start: int, stop: int, normalise: bool) -> np.ndarray:

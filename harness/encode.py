@@ -105,6 +105,12 @@ def load_encoder(spec: EncoderSpec):
             raise VecbudgetError(
                 "encoding text needs sentence-transformers: pip install '.[embed]'"
             ) from exc
+        try:  # transformers draws a "Loading weights" bar even under --quiet
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
         try:
             model = SentenceTransformer(
                 resolve_model_path(spec.model), device="cpu", trust_remote_code=spec.trust_remote_code

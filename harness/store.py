@@ -1,12 +1,13 @@
 """Append-only Parquet results store.
 
-Each write adds a new part file ``<root>/runs/<utc-time>-<id>.parquet`` (written to a temporary
+Each write adds a new part file ``<root>/runs/<utc-time>.<ns>-<id>.parquet`` (names sort in write order) (written to a temporary
 file and renamed, so a crash never leaves a half-written part); nothing is ever rewritten.
 :meth:`ResultStore.load` concatenates all parts into one DataFrame.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +28,9 @@ class ResultStore:
     def append(self, rows: list[dict]) -> Path | None:
         if not rows:
             return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        path = self.runs / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        now = time.time_ns()
+        stamp = datetime.fromtimestamp(now / 1e9, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        path = self.runs / f"{stamp}.{now % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
         with atomic_path(path, suffix=".parquet") as tmp:
             pd.DataFrame(rows).to_parquet(tmp, index=False)
         return path

