@@ -369,7 +369,9 @@ def check(
     if result.report_path:
         typer.echo(f"full comparison: {result.report_path}")
     if not result.ok:
-        raise typer.Exit(1)
+        # SystemExit, not typer.Exit: main() runs the app with standalone_mode=False, where click
+        # returns a typer.Exit's code instead of raising it, and the code would be lost
+        sys.exit(1)
 
 
 def main() -> None:
