@@ -1,0 +1,281 @@
+"""Single-thread scan speed of the custom scans against the closest faiss kernel, at equal bytes.
+
+    python benchmarks/scan_speed.py                      # 20000 x 384 random unit vectors
+    python benchmarks/scan_speed.py --data PATH          # cached embeddings: a .npy (rows split
+                                                         # into base and queries) or a prepared
+                                                         # data-set folder with base.npy/queries.npy
+
+Pairs compared (both sides built on the same vectors, searched with the same 1000 queries, k=10,
+one thread for faiss's OpenMP and for BLAS):
+
+* LVQ-8 (``lvq``, bits1=8, when registered) vs faiss ``IndexScalarQuantizer`` QT_8bit, flat;
+* binary codes (``bebr-residual``, ``itq``) vs faiss ``IndexBinaryFlat`` with the same number of bits;
+* ``osq`` / ``nupes`` / ``kvquant-nuq`` vs faiss SQ4 / SQ8 flat of the same bytes per vector.
+
+QPS: one batched ``search`` call over all queries (as the harness's ``qps_1t``), timed
+alternately with its reference for at least 4 s (at most 40 rounds); each side's best run counts,
+so a busy machine disturbs both sides alike. Writes ``results/scan_speed.csv`` and ``results/scan_speed.md`` atomically.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy is imported: BLAS pools start single-threaded
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import faiss  # noqa: E402
+
+from harness.groundtruth import exact_knn  # noqa: E402
+from harness.io import atomic_write_text  # noqa: E402
+from harness.method import Method  # noqa: E402
+from harness.provenance import cpu_model  # noqa: E402
+
+#: modules holding the methods compared here (imported one by one: a broken unrelated plugin
+#: must not stop the benchmark); lvq is optional
+MODULES = ["methods.lvq", "methods.bebr", "methods.itq", "methods.osq", "methods.nonuniform"]
+
+COLUMNS = ["method", "params", "bytes_per_vector", "qps", "reference", "reference_qps", "ratio",
+           "recall_at_10", "reference_recall_at_10", "cpu_model", "date"]
+
+
+def load_methods() -> dict[str, type[Method]]:
+    """name -> class of the registered methods defined in MODULES (missing modules skipped)."""
+    import importlib
+
+    found: dict[str, type[Method]] = {}
+    for mod_name in MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except Exception as exc:  # noqa: BLE001 - e.g. lvq not written yet
+            print(f"skipping {mod_name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, Method) and getattr(obj, "name", None) \
+                    and obj.__module__ == mod.__name__:
+                found[obj.name] = obj
+    return found
+
+
+def limit_threads() -> None:
+    faiss.omp_set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # the environment variables above already apply
+        pass
+
+
+def interleaved_qps(fn: Callable[[], Any], ref: Callable[[], Any], nq: int, min_total: float = 4.0,
+                    max_rounds: int = 40) -> tuple[float, float]:
+    """QPS of ``fn`` and ``ref``: best of alternating timed runs (alternation spreads any
+    disturbance from other processes over both sides)."""
+    best_f, best_r, total = float("inf"), float("inf"), 0.0
+    for _ in range(max_rounds):
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        ref()
+        t2 = time.perf_counter()
+        best_f, best_r = min(best_f, t1 - t0), min(best_r, t2 - t1)
+        total += t2 - t0
+        if total >= min_total:
+            break
+    return nq / best_f, nq / best_r
+
+
+def recall10(ids: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(a[:10].tolist()) & set(b[:10].tolist())) / 10 for a, b in zip(ids, gt, strict=True)]))
+
+
+# ----- data ------------------------------------------------------------------------------------
+def load_data(path: str | None, n: int, nq: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    if path is None:
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n + nq, 384)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x[:n], x[n:], f"random unit vectors {n}x384"
+    p = Path(path)
+    if p.is_dir():
+        base = np.load(p / "base.npy", mmap_mode="r")[:n].astype(np.float32)
+        queries = np.load(p / "queries.npy", mmap_mode="r")[:nq].astype(np.float32)
+        label = f"{p.name} {base.shape[0]}x{base.shape[1]}"
+    else:
+        x = np.load(p, mmap_mode="r")
+        base = np.asarray(x[:n], dtype=np.float32)
+        queries = np.asarray(x[n : n + nq], dtype=np.float32)
+        if queries.shape[0] == 0:
+            raise SystemExit(f"{p} has no rows left for queries after the first {n}")
+        label = f"{p.name} {base.shape[0]}x{base.shape[1]}"
+    return np.ascontiguousarray(base), np.ascontiguousarray(queries), label
+
+
+# ----- the two sides ---------------------------------------------------------------------------
+def build_method(name: str, params: dict[str, Any], base: np.ndarray, queries: np.ndarray, k: int,
+                 metric: str, search_params: dict[str, Any] | None = None
+                 ) -> tuple[Callable[[], Any], float, np.ndarray]:
+    """(search closure, analytic bytes per vector, ids) of a registered method."""
+    cls = METHODS[name]
+    index = cls(base.shape[1], metric, **params)
+    index.set_num_threads(1)
+    index.fit(base)
+    index.add(base)
+    limit_threads()
+    sp = search_params or {}
+    _, ids = index.search(queries, k, **sp)
+    return (lambda: index.search(queries, k, **sp)), float(cls.bytes_per_vector(base.shape[1], base.shape[0], **params)), ids
+
+
+_REF_CACHE: dict[tuple, tuple[str, Callable[[], Any], np.ndarray]] = {}
+METHODS: dict[str, type[Method]] = {}
+
+
+def build_reference(kind: str, bits: int, base: np.ndarray, queries: np.ndarray, k: int,
+                    metric: str) -> tuple[str, Callable[[], Any], np.ndarray]:
+    """faiss kernel: ``binary`` (IndexBinaryFlat with ``bits`` bits) or ``sq`` (SQ4/SQ8 flat)."""
+    d = base.shape[1]
+    key = (kind, bits)
+    if key in _REF_CACHE:
+        return _REF_CACHE[key]
+    if kind == "binary":
+        label = f"faiss IndexBinaryFlat({bits} bits)"
+        # sign bits of a random projection: the content is irrelevant to Hamming scan speed,
+        # the ids give a (weak) recall reference
+        proj = np.random.default_rng(1).standard_normal((d, bits)).astype(np.float32)
+        index = faiss.IndexBinaryFlat(bits)
+        index.add(np.packbits(base @ proj > 0, axis=1))
+        xq = np.packbits(queries @ proj > 0, axis=1)
+    else:
+        qt = {4: faiss.ScalarQuantizer.QT_4bit, 8: faiss.ScalarQuantizer.QT_8bit}[bits]
+        label = f"faiss IndexScalarQuantizer(QT_{bits}bit) flat"
+        mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexScalarQuantizer(d, qt, mt)
+        index.train(base)
+        index.add(base)
+        xq = queries
+    limit_threads()
+    _, ids = index.search(xq, k)
+    _REF_CACHE[key] = (label, lambda: index.search(xq, k), ids)
+    return _REF_CACHE[key]
+
+
+def pairs(d: int, registered: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], str, int]]:
+    """(method, build params, search params, reference kind, reference bits)."""
+    out: list[tuple[str, dict[str, Any], dict[str, Any], str, int]] = []
+    if "lvq" in registered:
+        out.append(("lvq", {"bits1": 8}, {}, "sq", 8))
+    for u, bits in [(1, 1), (2, 1), (4, 1), (2, 2)]:
+        kernels = ["popcount", "gemm"] if u * bits == 1 else ["auto"]
+        for kernel in kernels:
+            out.append(("bebr-residual", {"u": u, "bits": bits}, {"kernel": kernel}, "binary", d * u * bits))
+    for c in (64, 128, 256, d):
+        out.append(("itq", {"bits": c, "rerank": 0}, {}, "binary", c))
+    for b in (4, 8):
+        out.append(("osq", {"bits_per_vector": d * b}, {}, "sq", b))
+        out.append(("nupes", {"bits": b}, {}, "sq", b))
+        out.append(("kvquant-nuq", {"bits": b, "outlier_frac": 0.01}, {}, "sq", b))
+    return [p for p in out if p[0] in registered]
+
+
+def markdown(rows: list[dict[str, Any]], label: str, k: int, nq: int) -> str:
+    lines = [
+        "# Scan speed: custom scans vs the closest faiss kernel",
+        "",
+        f"Data: {label}; {nq} queries, k={k}; one thread (faiss OpenMP and BLAS). QPS: best of",
+        "batched searches timed alternately with the reference. ratio = qps / reference_qps",
+        "(aim: >= 0.5). Produced by",
+        "`python benchmarks/scan_speed.py`.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        cells = []
+        for c in COLUMNS:
+            v = r[c]
+            cells.append(f"{v:.3f}" if isinstance(v, float) and c in ("ratio", "recall_at_10", "reference_recall_at_10")
+                         else f"{v:.1f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="cached embeddings (.npy) or a folder with base.npy and queries.npy")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--nq", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    ap.add_argument("--methods", nargs="*", help="only these methods")
+    ap.add_argument("--out", default=str(REPO / "results"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    limit_threads()
+    METHODS.update(load_methods())
+    base, queries, label = load_data(args.data, args.n, args.nq, args.seed)
+    gt = exact_knn(base, queries, args.k, args.metric)[1]
+    registered = METHODS
+    if "lvq" not in registered:
+        print("lvq is not registered: skipping LVQ-8 vs SQ8", file=sys.stderr)
+    todo = pairs(base.shape[1], registered)
+    if args.methods:
+        todo = [p for p in todo if p[0] in args.methods]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = cpu_model()
+    rows = []
+    for name, params, sparams, kind, bits in todo:
+        try:
+            search, bpv, ids = build_method(name, params, base, queries, args.k, args.metric, sparams)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
+            print(f"{name} {params}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        ref, ref_search, ref_ids = build_reference(kind, bits, base, queries, args.k, args.metric)
+        qps, ref_qps = interleaved_qps(search, ref_search, queries.shape[0])
+        shown = {**params, **sparams}
+        row = {
+            "method": name,
+            "params": " ".join(f"{k}={v}" for k, v in shown.items()),
+            "bytes_per_vector": round(bpv, 1),
+            "qps": round(qps, 1),
+            "reference": ref,
+            "reference_qps": round(ref_qps, 1),
+            "ratio": round(qps / ref_qps, 3),
+            "recall_at_10": round(recall10(ids, gt), 3),
+            "reference_recall_at_10": round(recall10(ref_ids, gt), 3),
+            "cpu_model": cpu,
+            "date": date,
+        }
+        print(f"{name:14s} {row['params']:32s} {qps:9.1f} qps  vs {ref:40s} {ref_qps:9.1f}  ratio {row['ratio']:.2f}",
+              flush=True)
+        rows.append(row)
+    out = Path(args.out)
+    csv_lines = [",".join(COLUMNS)] + [",".join(_csv(r[c]) for c in COLUMNS) for r in rows]
+    atomic_write_text(out / "scan_speed.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(out / "scan_speed.md", markdown(rows, label, args.k, queries.shape[0]))
+    print(f"wrote {out / 'scan_speed.csv'} and {out / 'scan_speed.md'}")
+    return 0
+
+
+def _csv(v: Any) -> str:
+    s = str(v)
+    return f'"{s}"' if ("," in s or '"' in s) else s
+
+
+if __name__ == "__main__":
+    sys.exit(main())
