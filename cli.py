@@ -56,6 +56,7 @@ def _budgets(values: list[float] | None) -> tuple[float, ...]:
 def run(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set name (see `datasets list`) or a folder.")] = "wordnet",
     method: Annotated[list[str] | None, typer.Option("--method", "-m", help="Method name; repeat for several. Default: the default set; 'all' for every method.")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="A method suite from methods/suites.toml (default, baselines, paper) or 'all'.")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
     k: Annotated[int, typer.Option(help="k for recall@k, latency and QPS.")] = 10,
     full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
@@ -79,9 +80,13 @@ def run(
 
     if k < 1 or k > 100:
         raise VecbudgetError(f"--k must be between 1 and 100, got {k}")
+    from harness.registry import suite as suite_methods
+
     names = list(method or [])
     if names == ["all"]:
         names = list(all_methods())
+    if suite:
+        names += [m for m in suite_methods(suite) if m not in names]
     for name in names:
         get_method(name)  # unknown names fail before any encoding
     budgets = _budgets(budget)
@@ -117,10 +122,11 @@ def run(
 @app.command("methods")
 def list_methods() -> None:
     """List registered methods: family, paper, bytes-per-vector formula, grids."""
-    from harness.registry import all_methods
+    from harness.registry import all_methods, default_methods
 
+    defaults = set(default_methods())
     for name, cls in all_methods().items():
-        flag = "" if cls.default else "  [not in default sweep]"
+        flag = "" if name in defaults else "  [not in the default suite]"
         typer.echo(f"{name}  ({cls.family}){flag}\n  paper: {cls.paper}\n  bytes/vector: {cls.bytes_formula}\n"
                    f"  build grid: {cls.build_grid}\n  search grid: {cls.search_grid}")
 
@@ -337,6 +343,7 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="Site folder (default: RESULTS_DIR/report).")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report (default: RESULTS_DIR/REPORT.md).")] = None,
     dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include; repeat for several (default: all stored).")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="A method suite from methods/suites.toml (default, baselines, paper) or 'all'.")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
 ) -> None:
     """Write the static report site (leaderboards, plots, method pages) and REPORT.md."""
@@ -376,7 +383,8 @@ def check(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except VecbudgetError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

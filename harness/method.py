@@ -72,8 +72,6 @@ class Method(ABC):
     input_kind: ClassVar[str] = "dense"
     #: whether the method uses training queries when given them (LeanVec-OOD, JPQ, ...)
     uses_train_queries: ClassVar[bool] = False
-    #: part of the default sweep when no method is named
-    default: ClassVar[bool] = True
 
     def __init__(self, dim: int, metric: str, **build_params: Any):
         if metric not in self.metrics:

@@ -10,12 +10,15 @@ import importlib
 import pkgutil
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
+
+import tomllib
 
 from harness.errors import UnknownNameError
 from harness.method import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
-#: plugin modules that could not be imported for a missing optional dependency: module -> reason
+#: plugin modules that could not be imported (missing optional dependency, or broken): module -> reason
 UNAVAILABLE: dict[str, str] = {}
 _DISCOVERED = False
 ENTRY_POINT_GROUP = "vecbudget.methods"
@@ -55,6 +58,9 @@ def _import(label: str, load) -> None:
     except ModuleNotFoundError as exc:
         UNAVAILABLE[label] = f"missing dependency {exc.name!r}"
         warnings.warn(f"method plugin {label} unavailable: missing dependency {exc.name!r}", stacklevel=3)
+    except Exception as exc:  # noqa: BLE001 - one broken plugin must not disable the others
+        UNAVAILABLE[label] = f"import failed: {type(exc).__name__}: {exc}"
+        warnings.warn(f"method plugin {label} failed to import: {exc}", stacklevel=3)
 
 
 def get_method(name: str) -> type[Method]:
@@ -69,5 +75,23 @@ def all_methods() -> dict[str, type[Method]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+SUITES_FILE = Path(__file__).resolve().parents[1] / "methods" / "suites.toml"
+
+
+def suites() -> dict[str, list[str]]:
+    """Named method suites declared in ``methods/suites.toml``, plus ``all``."""
+    declared = tomllib.loads(SUITES_FILE.read_text())
+    return {**declared, "all": list(all_methods())}
+
+
+def suite(name: str) -> list[str]:
+    """Methods of a suite that are registered here (a plugin whose dependency is missing drops out)."""
+    known = suites()
+    if name not in known:
+        raise UnknownNameError("suite", name, list(known))
+    registered = all_methods()
+    return [m for m in known[name] if m in registered]
+
+
 def default_methods() -> list[str]:
-    return [name for name, cls in all_methods().items() if cls.default]
+    return suite("default")

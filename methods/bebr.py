@@ -281,7 +281,6 @@ class BEBRResidual(RecurrentBinaryIndex):
              "training-free recurrent residual binarization with symmetric distance calculation")
     bytes_formula = "u·bits·ceil(d/8) + 2u (fp16 step scales) + 4 (aux) [+ 4d re-rank] + 4d/n (mean)"
     build_grid: ClassVar[dict[str, list[Any]]] = {"u": [1, 2, 4], "bits": [1, 2]}
-    default = True
 
     @classmethod
     def bytes_per_vector(cls, dim: int, n: int, **build_params: Any) -> float:

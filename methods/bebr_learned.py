@@ -48,7 +48,6 @@ frozen embeddings only.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, ClassVar
 
 import numpy as np
@@ -95,9 +94,6 @@ class BEBRLearned(RecurrentBinaryIndex):
     bytes_formula = "u·ceil(d/8) + 2u + 4 + 4·(d² + d + u·(2hd + h + d))/n"
     build_grid: ClassVar[dict[str, list[Any]]] = {"u": [1, 2, 4]}
     uses_train_queries = True
-    #: in the default sweep when PyTorch is installed (a build trains for ~5-20 s on 20k x 384,
-    #: one thread; measured 15-21 s on a heavily shared 2-core machine)
-    default = importlib.util.find_spec("torch") is not None
     hidden_default = 64
     steps_default = 150
 

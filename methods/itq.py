@@ -77,7 +77,6 @@ class ITQ(Method):
              "Learning Binary Codes for Large-Scale Image Retrieval', CVPR 2011 / TPAMI 2013")
     bytes_formula = "c/8 [+ 4d with float re-rank] + 4(d·c + d)/n (projection and mean)"
     build_grid: ClassVar[dict[str, list[Any]]] = {"bits": [32, 64, 128, 256, 384], "rerank": [0, 10]}
-    default = True
     n_iter = 50
 
     @classmethod

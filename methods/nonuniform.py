@@ -117,7 +117,6 @@ class KVQuantNUQ(_LevelCoded):
              "Quantization', NeurIPS 2024 (per-channel NUQ + dense-and-sparse outliers)")
     bytes_formula = "ceil(d·b/8) + 4·ceil(f·d) (fp16 value + uint16 index per outlier) + (4·d·2^b + 16·d)/n"
     build_grid: ClassVar[dict[str, list[Any]]] = {"bits": [2, 3, 4, 8], "outlier_frac": [0.01]}
-    default = True
 
     @classmethod
     def n_outliers(cls, dim: int, frac: float) -> int:
@@ -242,7 +241,6 @@ class NUPES(_LevelCoded):
     paper = ("Yvinec, Dapogny, Bailly, 'NUPES: Non-Uniform Post-Training Quantization via Power "
              "Exponent Search', 2023 (arXiv:2308.05600)")
     bytes_formula = "ceil(d·b/8) + 4·(3d + 1)/n (mean, start, step per dimension; exponent)"
-    default = True
 
     @classmethod
     def bytes_per_vector(cls, dim: int, n: int, **build_params: Any) -> float:

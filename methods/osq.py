@@ -104,7 +104,6 @@ class OSQ(Method):
     build_grid: ClassVar[dict[str, list[Any]]] = {
         "bits_per_vector": [64, 128, 256, 512, 1024, 2048, 3072]
     }
-    default = True
 
     @classmethod
     def kept_dims(cls, dim: int, total_bits: int) -> int:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from harness.groundtruth import exact_knn
+
 # Tiny test data gain nothing from BLAS threads, and on a loaded 2-core machine a BLAS pool
 # oversubscribed with faiss's OpenMP threads slows the suite ~10x. Timing is never asserted.
 threadpool_limits(1, user_api="blas")
-
-from harness.groundtruth import exact_knn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
