@@ -28,7 +28,7 @@ class SweepConfig:
     k: int = 10
     quality_k: int = 100
     per_budget: int = DEFAULT_PER_BUDGET
-    latency_queries: int = 1000
+    latency_queries: int = 200
     threads: int = 0
     force: bool = False
     retry_failed: bool = False

@@ -58,7 +58,7 @@ class Task:
     config_hashes: list[str]
     k: int = 10
     quality_k: int = 100
-    latency_queries: int = 1000
+    latency_queries: int = 200
     train_size: int = 100_000
     threads: int = 0  # 0: all cores
     raw_dir: str | None = None
