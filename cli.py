@@ -62,7 +62,7 @@ def run(
     full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run configurations already stored.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run stored failed configurations.")] = False,
-    per_budget: Annotated[int, typer.Option(help="Build configurations per method and budget.")] = 2,
+    per_budget: Annotated[int, typer.Option(help="Build configurations per method and budget (largest that fit).")] = 1,
     latency_queries: Annotated[int, typer.Option(help="Queries timed one at a time for latency percentiles (p99 of 200 is its 2nd-largest value).")] = 200,
     time_limit: Annotated[float, typer.Option(help="Seconds allowed per build (worker process).")] = 900,
     memory_limit_gb: Annotated[float, typer.Option(help="Address-space limit per worker, GiB (default 75% of RAM).")] = 0,

@@ -16,7 +16,7 @@ from harness.errors import BudgetError
 from harness.method import Method
 
 DEFAULT_BUDGETS: tuple[float, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
-DEFAULT_PER_BUDGET = 2
+DEFAULT_PER_BUDGET = 1
 
 
 @dataclass(frozen=True)
