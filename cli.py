@@ -343,7 +343,6 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="Site folder (default: RESULTS_DIR/report).")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report (default: RESULTS_DIR/REPORT.md).")] = None,
     dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include; repeat for several (default: all stored).")] = None,
-    suite: Annotated[str | None, typer.Option("--suite", "-s", help="A method suite from methods/suites.toml (default, baselines, paper) or 'all'.")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
 ) -> None:
     """Write the static report site (leaderboards, plots, method pages) and REPORT.md."""
