@@ -64,9 +64,6 @@ class ProcessExecutor:
             task_file, out_file = Path(tmp) / "task.json", Path(tmp) / "rows.json"
             task_file.write_text(task.to_json())
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-            # OpenMP threads that spin while waiting turn a loaded machine into a 10x slowdown
-            # (measured: PQ training 47 s vs 4 s); passive waiting costs little on an idle one.
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.worker", str(task_file), str(out_file)],
                 cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

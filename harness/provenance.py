@@ -58,6 +58,9 @@ def provenance() -> dict[str, Any]:
         "versions": json.dumps(package_versions(), sort_keys=True),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count() or 1,
+        # OpenMP's wait policy changes faiss timings both ways: spinning threads slow a loaded
+        # machine ~10x, passive waiting halves IVF QPS on small batches of an idle one
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "git_revision": git_revision(),
         "protocol_version": PROTOCOL_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
