@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import DataError
+from harness.formats import validate_vectors
 from harness.groundtruth import exact_knn, same_up_to_ties
 
 GT_K = 128  # neighbours kept per query: recall@100 plus room to extend distance ties
@@ -35,24 +36,14 @@ def method_metric(metric: str) -> str:
 
 
 def check_vectors(x: np.ndarray, what: str, dim: int | None = None) -> None:
-    """Raise DataError for a non-2-D, empty, wrong-dimension or non-finite array."""
-    if x.ndim != 2:
-        raise DataError(f"{what}: expected a 2-D array of vectors, got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise DataError(f"{what}: empty (0 vectors)")
-    if dim is not None and x.shape[1] != dim:
+    """Raise DataError for a non-2-D, empty, wrong-dimension or non-finite array.
+
+    The dimension check is phrased for a base/query pair; the rest is
+    :func:`harness.formats.validate_vectors` (chunked, so memory-mapped arrays stream).
+    """
+    if x.ndim == 2 and dim is not None and x.shape[1] != dim:
         raise DataError(f"{what}: dimension {x.shape[1]} does not match the base dimension {dim}")
-    bad_rows = []
-    for start in range(0, x.shape[0], CHUNK_ROWS):
-        block = np.asarray(x[start : start + CHUNK_ROWS], dtype=np.float32)
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            bad_rows.extend((np.flatnonzero(bad) + start).tolist())
-    if bad_rows:
-        raise DataError(
-            f"{what}: {len(bad_rows)} vector(s) contain NaN or infinite values "
-            f"(first at row {bad_rows[0]})"
-        )
+    validate_vectors(x, what, chunk_rows=CHUNK_ROWS)
 
 
 def _float_rows(x: np.ndarray, start: int, stop: int, normalise: bool) -> np.ndarray:

@@ -83,14 +83,15 @@ _CHECK_CHUNK_BYTES = 64 << 20  # finiteness checks touch at most this much at a 
 # validation
 
 
-def validate_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+def validate_vectors(x: Any, name: str, dim: int | None = None, *, chunk_rows: int | None = None) -> np.ndarray:
     """Check that ``x`` is a non-empty, finite 2-D numeric array (of ``dim`` columns if given).
 
     ``name`` (a file name or a label such as ``"queries"``) starts every error message.
-    The finiteness check is vectorised and runs in chunks of rows, so a memory-mapped array is
-    streamed rather than loaded. Returns ``x`` unchanged.
+    The finiteness check is vectorised and runs in chunks of rows (``chunk_rows``, else about
+    64 MiB), so a memory-mapped array is streamed rather than loaded. Returns ``x`` unchanged.
     """
-    if not isinstance(x, np.ndarray):
+    # any array-like with shape, ndim, dtype and row slicing (ndarray, memmap, chunked readers)
+    if not all(hasattr(x, a) for a in ("shape", "ndim", "dtype", "__getitem__")):
         raise DataError(f"{name}: expected an array of vectors, got {type(x).__name__}")
     if x.ndim != 2:
         raise DataError(f"{name}: expected a 2-D array (rows × dimensions), got shape {x.shape}")
@@ -104,7 +105,7 @@ def validate_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     if dim is not None and d != dim:
         raise DataError(f"{name}: dimension mismatch — vectors have {d} dimensions, expected {dim}")
     if x.dtype.kind == "f":
-        count, first = _nonfinite_rows(x)
+        count, first = _nonfinite_rows(x, chunk_rows)
         if count:
             rows = "row" if count == 1 else "rows"
             verb = "contains" if count == 1 else "contain"
@@ -115,9 +116,9 @@ def validate_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     return x
 
 
-def _nonfinite_rows(x: np.ndarray) -> tuple[int, int]:
+def _nonfinite_rows(x: np.ndarray, chunk_rows: int | None = None) -> tuple[int, int]:
     """(number of rows holding a NaN/inf, index of the first such row or -1), chunked."""
-    step = max(1, _CHECK_CHUNK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
+    step = chunk_rows or max(1, _CHECK_CHUNK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
     count, first = 0, -1
     for s in range(0, x.shape[0], step):
         bad = ~np.isfinite(x[s : s + step]).all(axis=1)
