@@ -1,7 +1,9 @@
 """Append-only Parquet results store.
 
 Each write adds a new part file ``<root>/runs/<utc-time>.<ns>-<id>.parquet`` (names sort in write order) (written to a temporary
-file and renamed, so a crash never leaves a half-written part); nothing is ever rewritten.
+file and renamed, so a crash never leaves a half-written part; a writer killed mid-write leaves a hidden
+temporary file, which readers skip and :meth:`ResultStore.remove_stale_temporaries` deletes); nothing is
+ever rewritten.
 :meth:`ResultStore.load` concatenates all parts into one DataFrame.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import DataError
-from harness.io import atomic_path
+from harness.io import atomic_path, is_temporary, remove_stale_temporaries
 
 RESULTS_ROOT = Path(__file__).resolve().parents[1] / "results"
 
@@ -36,7 +38,14 @@ class ResultStore:
         return path
 
     def parts(self) -> list[Path]:
-        return sorted(self.runs.glob("*.parquet")) if self.runs.exists() else []
+        """The stored part files in write order (hidden temporaries of unfinished writes excluded)."""
+        if not self.runs.exists():
+            return []
+        return sorted(p for p in self.runs.glob("*.parquet") if not is_temporary(p))
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary part files left by writers that were killed mid-write."""
+        return remove_stale_temporaries(self.runs)
 
     def load(self) -> pd.DataFrame:
         frames = []

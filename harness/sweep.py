@@ -79,6 +79,9 @@ def run_sweep(
     on_rows: Callable[[Task, list[dict[str, Any]]], None] | None = None,
 ) -> pd.DataFrame:
     """Run what is not stored yet; return this sweep's new rows."""
+    removed = store.remove_stale_temporaries()
+    if removed and progress:
+        tqdm.write(f"removed {len(removed)} unfinished results file(s) left by a killed run")
     tasks, skipped = plan_tasks(ds, cfg, store)
     executor = executor or ProcessExecutor()
     new_rows: list[dict[str, Any]] = []

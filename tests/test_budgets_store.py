@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,11 +10,14 @@ from harness.budgets import plan, plan_method
 from harness.dataset import RawDataset, prepare
 from harness.errors import BudgetError
 from harness.executor import InlineExecutor
+from harness.io import atomic_path
 from harness.method import MemoryAccount, Method
 from harness.registry import get_method
 from harness.store import ResultStore
 from harness.sweep import SweepConfig, plan_tasks, run_sweep
 from tests.conftest import clustered
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeSQ(Method):
@@ -58,6 +65,38 @@ def test_store_round_trip_is_append_only(tmp_path):
     assert store.done_hashes() == {"a"}
     assert store.done_hashes(("ok", "failed")) == {"a", "b"}
     assert not list(tmp_path.glob("runs/.*"))  # no temporary files left
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_that_readers_skip_and_sweeps_remove(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append([{"config_hash": "a", "status": "ok"}])
+    script = (f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+              "from harness.io import atomic_path\n"
+              f"with atomic_path({str(store.runs / 'x.parquet')!r}, suffix='.parquet') as tmp:\n"
+              "    print(tmp, flush=True); time.sleep(120)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    temporary = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait()
+    assert temporary.exists() and temporary.stat().st_size == 0  # SIGKILL cannot be cleaned up after
+    assert len(store.parts()) == 1 and list(store.load()["config_hash"]) == ["a"]
+    with atomic_path(store.runs / "y.parquet", suffix=".parquet") as live:  # our own, still writing
+        assert store.remove_stale_temporaries() == [temporary]
+        assert live.exists() and not temporary.exists()
+
+
+def test_sweep_removes_temporaries_of_killed_writers(tmp_path):
+    base, queries = clustered(300, 8, 5)
+    ds = prepare(RawDataset("toy", base, queries, "l2"), tmp_path / "cache", progress=False)
+    store = ResultStore(tmp_path / "results")
+    store.runs.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = store.runs / f".0.parquet.{dead}.abc.parquet"
+    stale.touch()
+    run_sweep(ds, SweepConfig(methods=["exact"], budgets=(64,), latency_queries=2), store, InlineExecutor(),
+              progress=False)
+    assert not stale.exists() and len(store.parts()) == 1
 
 
 def test_sweep_resumes_without_recomputing_stored_configurations(tmp_path):

@@ -24,7 +24,8 @@ def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess
 
 
 def parts(results: Path) -> list[Path]:
-    return sorted((results / "runs").glob("*.parquet"))
+    """Stored part files; hidden names are temporaries of unfinished writes."""
+    return sorted(p for p in (results / "runs").glob("*.parquet") if not p.name.startswith("."))
 
 
 def test_run_on_bigann10k_end_to_end(tmp_path, shared_data):
