@@ -110,14 +110,23 @@ def run(
     # the saved leaderboard always covers the default ladder too, so a narrow run never shrinks it
     from harness.budgets import DEFAULT_BUDGETS
 
-    board = lb.leaderboard(df, ds.name, tuple(sorted(set(DEFAULT_BUDGETS) | set(budgets))))
+    ladder = tuple(sorted(set(DEFAULT_BUDGETS) | set(budgets)))
+    board = lb.leaderboard(df, ds.name, ladder)
     csv_path, md_path = lb.save(board, results_dir / "leaderboards", ds.name)
     plots = plot_dataset(df, ds.name, results_dir / "plots" / ds.name)
     ok = int((new["status"] == "ok").sum()) if not new.empty else 0
     typer.echo(f"\n{ds.name}: n={ds.n:,} d={ds.dim} queries={ds.nq} metric={ds.metric}; "
                f"{ok} new run(s) ok, {len(new) - ok} failed")
-    typer.echo(lb.to_markdown(board))
-    typer.echo(f"leaderboard: {md_path}, {csv_path}")
+    # print what this results folder measured itself: speed from another machine is not this one's
+    here = store.measured_here(df)
+    typer.echo(f"leaderboard of the runs measured here ({results_dir}), the requested budgets:")
+    typer.echo(lb.to_markdown(lb.leaderboard(here, ds.name, tuple(budgets))))
+    others = lb.current_runs(df, ds.name)
+    n_other = int((~others["config_hash"].isin(set(here["config_hash"]))).sum()) if not others.empty else 0
+    if n_other:
+        typer.echo(f"({n_other} stored configuration(s) measured elsewhere are left out above; "
+                   f"`vecbudget leaderboard -d {ds.name}` shows all)")
+    typer.echo(f"leaderboard of all stored runs: {md_path}, {csv_path}")
     if plots:
         typer.echo(f"plots: {', '.join(str(p) for p in plots if p.suffix == '.png')}")
 

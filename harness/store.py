@@ -9,6 +9,7 @@ ever rewritten.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from datetime import datetime, timezone
@@ -26,6 +27,18 @@ class ResultStore:
     def __init__(self, root: str | Path = RESULTS_ROOT):
         self.root = Path(root)
         self.runs = self.root / "runs"
+
+    @property
+    def store_id(self) -> str:
+        """This folder's id (created on first use; git-ignored)."""
+        id_file = self.root / ".store_id"
+        if not id_file.exists():
+            try:
+                with atomic_path(id_file) as tmp:
+                    tmp.write_text(secrets.token_hex(8) + "\n")
+            except OSError as exc:
+                raise DataError(f"cannot write {id_file}: {exc}") from exc
+        return id_file.read_text().strip()
 
     def append(self, rows: list[dict]) -> Path | None:
         if not rows:
@@ -59,10 +72,18 @@ class ResultStore:
         return pd.concat(frames, ignore_index=True, sort=False)
 
     def done_hashes(self, statuses: tuple[str, ...] = ("ok",)) -> set[str]:
+        """Config hashes this folder measured itself with one of ``statuses`` (what a resume skips)."""
         df = self.load()
-        if df.empty:
+        if df.empty or "store_id" not in df:
             return set()
-        return set(df.loc[df["status"].isin(statuses), "config_hash"])
+        mine = df[(df["store_id"] == self.store_id) & df["status"].isin(statuses)]
+        return set(mine["config_hash"])
+
+    def measured_here(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``df`` that this folder measured itself."""
+        if df.empty or "store_id" not in df:
+            return df.iloc[0:0]
+        return df[df["store_id"] == self.store_id]
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:

@@ -89,6 +89,7 @@ def run_sweep(
     if skipped and progress:
         tqdm.write(f"skipping {skipped} stored configuration(s) (use --force to re-run)")
     for task, rows in executor.run(tasks):
+        rows = [{**r, "store_id": store.store_id} for r in rows]
         store.append(rows)
         new_rows.extend(rows)
         failed = [r for r in rows if r.get("status") != "ok"]

@@ -57,13 +57,17 @@ def test_budget_no_configuration_fits_is_an_error():
 def test_store_round_trip_is_append_only(tmp_path):
     store = ResultStore(tmp_path)
     assert store.load().empty
-    p1 = store.append([{"config_hash": "a", "status": "ok", "x": 1.0}])
-    p2 = store.append([{"config_hash": "b", "status": "failed", "x": np.nan}])
-    assert p1 != p2 and len(store.parts()) == 2
+    mine = store.store_id
+    p1 = store.append([{"config_hash": "a", "status": "ok", "x": 1.0, "store_id": mine}])
+    p2 = store.append([{"config_hash": "b", "status": "failed", "x": np.nan, "store_id": mine}])
+    p3 = store.append([{"config_hash": "c", "status": "ok", "x": 2.0, "store_id": "another-checkout"}])
+    assert len({p1, p2, p3}) == 3 and len(store.parts()) == 3
     df = store.load()
-    assert list(df["config_hash"]) == ["a", "b"]
-    assert store.done_hashes() == {"a"}
+    assert list(df["config_hash"]) == ["a", "b", "c"]
+    assert store.done_hashes() == {"a"}  # "c" came from elsewhere: measured again here, not skipped
     assert store.done_hashes(("ok", "failed")) == {"a", "b"}
+    assert list(store.measured_here(df)["config_hash"]) == ["a", "b"]
+    assert ResultStore(tmp_path).store_id == mine and ResultStore(tmp_path / "other").store_id != mine
     assert not list(tmp_path.glob("runs/.*"))  # no temporary files left
 
 
