@@ -64,6 +64,7 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run stored failed configurations.")] = False,
     per_budget: Annotated[int, typer.Option(help="Build configurations per method and budget (largest that fit).")] = 1,
     latency_queries: Annotated[int, typer.Option(help="Queries timed one at a time for latency percentiles (p99 of 200 is its 2nd-largest value).")] = 200,
+    latency_seconds: Annotated[float, typer.Option(help="Stop timing single queries of a configuration after this many seconds (at least 50 queries are timed; the row stores how many).")] = 3.0,
     time_limit: Annotated[float, typer.Option(help="Seconds allowed per build (worker process).")] = 900,
     memory_limit_gb: Annotated[float, typer.Option(help="Address-space limit per worker, GiB (default 75% of RAM).")] = 0,
     results_dir: ResultsDir = DEFAULT_RESULTS,
@@ -102,7 +103,7 @@ def run(
     ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     store = ResultStore(results_dir)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
-                      latency_queries=latency_queries, force=force, retry_failed=retry_failed)
+                      latency_queries=latency_queries, latency_seconds=latency_seconds, force=force, retry_failed=retry_failed)
     executor = ProcessExecutor(time_limit_s=time_limit,
                                memory_limit_bytes=int(memory_limit_gb * (1 << 30)) or None)
     new = run_sweep(ds, cfg, store, executor, progress=not quiet)

@@ -29,6 +29,7 @@ class SweepConfig:
     quality_k: int = 100
     per_budget: int = DEFAULT_PER_BUDGET
     latency_queries: int = 200
+    latency_seconds: float = 3.0
     threads: int = 0
     force: bool = False
     retry_failed: bool = False
@@ -64,6 +65,7 @@ def plan_tasks(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> tup
                 dataset_dir=str(ds.path), method=b.method, build_params=b.build_params,
                 search_configs=[s for s, _ in remaining], config_hashes=[h for _, h in remaining],
                 k=cfg.k, quality_k=cfg.quality_k, latency_queries=cfg.latency_queries,
+                latency_seconds=cfg.latency_seconds,
                 threads=cfg.threads, raw_dir=str(store.root / "raw"), provenance=prov,
             ))
     return tasks, skipped

@@ -32,6 +32,8 @@ from harness.registry import get_method
 
 RECALL_KS = (1, 10, 100)
 BYTES_TOLERANCE = 0.10
+#: single-query timing stops after Task.latency_seconds, but never before this many queries
+MIN_LATENCY_QUERIES = 50
 #: per-query values kept in the result row itself (bootstrap intervals need no raw files)
 PER_QUERY_IN_ROW = ("recall_at_10", "ndcg_at_10", "qrels_recall_at_100")
 #: test-only switch, "method:param=factor": scales an integer build parameter of that method
@@ -59,6 +61,7 @@ class Task:
     k: int = 10
     quality_k: int = 100
     latency_queries: int = 200
+    latency_seconds: float = 3.0  # stop timing single queries after this long (at least MIN_LATENCY_QUERIES)
     train_size: int = 100_000
     threads: int = 0  # 0: all cores
     raw_dir: str | None = None
@@ -165,11 +168,16 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         ids = np.asarray(ids, dtype=np.int64)
         qps_1t = queries.shape[0] / _best_time(lambda sp=search_params: index.search(queries, task.k, **sp))
         latencies = np.empty(n_lat)
+        spent, n_timed = 0.0, 0
         for i in range(n_lat):
             q = queries[i : i + 1]
             t = time.perf_counter_ns()
             index.search(q, task.k, **search_params)
             latencies[i] = (time.perf_counter_ns() - t) / 1e6
+            spent, n_timed = spent + latencies[i] / 1e3, i + 1
+            if spent >= task.latency_seconds and n_timed >= MIN_LATENCY_QUERIES:
+                break  # slow single-query scans: time-boxed, the row says how many were timed
+        latencies = latencies[:n_timed]
         _set_threads(index, threads)
         qps_all = queries.shape[0] / _best_time(lambda sp=search_params: index.search(queries, task.k, **sp))
 
@@ -200,6 +208,7 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
+            "latency_queries": int(n_timed),
             "qps_1t": float(qps_1t),
             "qps_all": float(qps_all),
             "threads_all": threads,

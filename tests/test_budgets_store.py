@@ -122,3 +122,18 @@ def test_sweep_resumes_without_recomputing_stored_configurations(tmp_path):
     assert row["recall_at_10"] == 1.0 and row["bytes_per_vector"] == pytest.approx(64, rel=0.01)
     assert row["method"] == get_method("exact").name
     assert isinstance(pd.read_parquet(store.parts()[0]), pd.DataFrame)
+
+
+def test_single_query_timing_is_time_boxed_but_never_below_the_minimum(tmp_path):
+    from harness.worker import MIN_LATENCY_QUERIES
+
+    base, queries = clustered(400, 8, 120)
+    ds = prepare(RawDataset("toy", base, queries, "l2"), tmp_path / "cache", progress=False)
+    store = ResultStore(tmp_path / "results")
+    boxed = run_sweep(ds, SweepConfig(methods=["exact"], budgets=(64,), latency_queries=100, latency_seconds=0.0),
+                      store, InlineExecutor(), progress=False)
+    assert np.load(boxed["raw_path"].iloc[0])["latency_ms"].shape == (MIN_LATENCY_QUERIES,)
+    full = run_sweep(ds, SweepConfig(methods=["exact"], budgets=(64,), latency_queries=100, force=True),
+                     store, InlineExecutor(), progress=False)
+    assert boxed["latency_queries"].tolist() == [MIN_LATENCY_QUERIES]
+    assert full["latency_queries"].tolist() == [100]
