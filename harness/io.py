@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,9 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return Path(path).name.startswith(".")
 
 
+_TEMPORARY_TAIL = re.compile(r"\.(\d+)\.\w+(?:\.\w+)?$")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -60,9 +64,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for tmp in folder.iterdir():
         if not (tmp.is_file() and is_temporary(tmp)):
             continue
-        fields = tmp.name[1:].split(".")
-        pids = [int(f) for f in fields[1:] if f.isdigit()]
-        if pids and not _pid_alive(pids[0]):
+        # ".<name>.<pid>.<random><suffix>": read the pid from the end, so digits in <name> never count
+        match = _TEMPORARY_TAIL.search(tmp.name)
+        if match and not _pid_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,17 @@ def test_single_query_timing_is_time_boxed_but_never_below_the_minimum(tmp_path)
                      store, InlineExecutor(), progress=False)
     assert boxed["latency_queries"].tolist() == [MIN_LATENCY_QUERIES]
     assert full["latency_queries"].tolist() == [100]
+
+
+def test_stale_temporary_pid_is_read_from_the_end_of_the_name(tmp_path):
+    from harness.io import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / f".part.0003.npz.{dead}.k2j3h4g5.npz"  # digits in the target name are not the pid
+    live = tmp_path / f".part.{dead}.npz.{os.getpid()}.k2j3h4g5.npz"
+    other = tmp_path / ".notes.txt"
+    for f in (stale, live, other):
+        f.touch()
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert live.exists() and other.exists()
