@@ -13,11 +13,21 @@ import typer
 
 from harness.errors import VecbudgetError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-datasets_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data sets: list, prepare, info.")
+# plain (click) help: it wraps long words instead of cutting them, in an 80-column terminal and in CI logs
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
+                  pretty_exceptions_enable=False)
+datasets_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Data sets: list, prepare, info.",
+                           rich_markup_mode=None, pretty_exceptions_enable=False)
 app.add_typer(datasets_app, name="datasets")
 
-ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Results folder (runs, leaderboards, plots).")]
+ResultsDir = Annotated[Path, typer.Option("--results-dir", show_default=False,
+                                          help="Results folder (runs, leaderboards, plots); default: results/ "
+                                               "beside cli.py.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set: a name (see `datasets list`), a "
+                                         "manifest .toml, an .hdf5 file or a folder; the same forms as `run`.")]
+AtNOpt = Annotated[int | None, typer.Option("--at-n", min=1, help="Place runs by bytes projected to a collection "
+                                            "of N vectors: codes and structure as measured, shared parts "
+                                            "(codebooks, rotations) amortised over N.")]
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
 # encoder options shared by `run`, `datasets prepare` and `datasets info` (text data sets)
@@ -65,7 +75,7 @@ def run(
     per_budget: Annotated[int, typer.Option(help="Build configurations per method and budget (largest that fit).")] = 1,
     latency_queries: Annotated[int, typer.Option(help="Queries timed one at a time for latency percentiles (p99 of 200 is its 2nd-largest value).")] = 200,
     latency_seconds: Annotated[float, typer.Option(help="Stop timing single queries of a configuration after this many seconds (at least 50 queries are timed; the row stores how many).")] = 3.0,
-    time_limit: Annotated[float, typer.Option(help="Seconds allowed per build (worker process).")] = 900,
+    time_limit: Annotated[float, typer.Option(help="Seconds allowed per build (worker process); must be positive.")] = 900,
     memory_limit_gb: Annotated[float, typer.Option(help="Address-space limit per worker, GiB (default 75% of RAM).")] = 0,
     results_dir: ResultsDir = DEFAULT_RESULTS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -78,9 +88,16 @@ def run(
 ) -> None:
     """Run a budgeted sweep on a data set, then print the leaderboard and write plots."""
     from harness.registry import all_methods, get_method
+    from harness.store import ResultStore
 
     if k < 1 or k > 100:
         raise VecbudgetError(f"--k must be between 1 and 100, got {k}")
+    if per_budget < 1:
+        raise VecbudgetError(f"--per-budget must be at least 1, got {per_budget}")
+    if not time_limit > 0:
+        raise VecbudgetError(f"--time-limit must be a positive number of seconds, got {time_limit:g}")
+    if memory_limit_gb < 0:
+        raise VecbudgetError(f"--memory-limit-gb must be positive (0: 75% of RAM), got {memory_limit_gb:g}")
     from harness.registry import suite as suite_methods
 
     names = list(method or [])
@@ -100,36 +117,70 @@ def run(
 
     overrides = {"documents": None} if full else {}
     overrides.update(_encoder_overrides(model, query_prompt, doc_prompt, max_length, batch_size, normalize))
-    ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     store = ResultStore(results_dir)
+    store.check_writable()  # before any encoding or build
+    ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
+    memory_limit = int(memory_limit_gb * (1 << 30)) or None
+    executor = ProcessExecutor(time_limit_s=time_limit, memory_limit_bytes=memory_limit)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
-                      latency_queries=latency_queries, latency_seconds=latency_seconds, force=force, retry_failed=retry_failed)
-    executor = ProcessExecutor(time_limit_s=time_limit,
-                               memory_limit_bytes=int(memory_limit_gb * (1 << 30)) or None)
+                      latency_queries=latency_queries, latency_seconds=latency_seconds, force=force,
+                      retry_failed=retry_failed, time_limit_s=time_limit,
+                      memory_limit_bytes=executor.memory_limit_bytes)
     new = run_sweep(ds, cfg, store, executor, progress=not quiet)
     df = store.load()
     # the saved leaderboard always covers the default ladder too, so a narrow run never shrinks it
     from harness.budgets import DEFAULT_BUDGETS
 
     ladder = tuple(sorted(set(DEFAULT_BUDGETS) | set(budgets)))
-    board = lb.leaderboard(df, ds.name, ladder)
+    board = lb.leaderboard(df, ds.name, ladder, fingerprint=ds.fingerprint)
     csv_path, md_path = lb.save(board, results_dir / "leaderboards", ds.name)
-    plots = plot_dataset(df, ds.name, results_dir / "plots" / ds.name)
+    plots = plot_dataset(df, ds.name, results_dir / "plots" / ds.name, fingerprint=ds.fingerprint)
     ok = int((new["status"] == "ok").sum()) if not new.empty else 0
+    failed_now = len(new) - ok
+    kept = new.attrs.get("kept_failures", [])
     typer.echo(f"\n{ds.name}: n={ds.n:,} d={ds.dim} queries={ds.nq} metric={ds.metric}; "
-               f"{ok} new run(s) ok, {len(new) - ok} failed")
+               f"{ok} new run(s) ok, {failed_now} failed" + (f", {len(kept)} known failure(s) kept" if kept else ""))
     # print what this results folder measured itself: speed from another machine is not this one's
     here = store.measured_here(df)
     typer.echo(f"leaderboard of the runs measured here ({results_dir}), the requested budgets:")
-    typer.echo(lb.to_markdown(lb.leaderboard(here, ds.name, tuple(budgets))))
-    others = lb.current_runs(df, ds.name)
+    typer.echo(lb.to_markdown(lb.leaderboard(here, ds.name, tuple(budgets), fingerprint=ds.fingerprint)))
+    typer.echo(lb.legend(board))
+    others = lb.current_runs(df, ds.name, ds.fingerprint)
     n_other = int((~others["config_hash"].isin(set(here["config_hash"]))).sum()) if not others.empty else 0
     if n_other:
         typer.echo(f"({n_other} stored configuration(s) measured elsewhere are left out above; "
-                   f"`vecbudget leaderboard -d {ds.name}` shows all)")
+                   f"`vecbudget leaderboard -d {dataset}` shows all)")
+    flagged = new[new["memory_flag"].fillna(False).astype(bool)] if "memory_flag" in new else new.iloc[0:0]
+    for _, r in flagged.drop_duplicates("build_params").iterrows():
+        typer.echo(f"memory check: {r['method']} ({r['build_params']}) reports {r['ram_bytes'] / 1e6:.1f} MB but the "
+                   f"worker's RSS grew {r['rss_growth_bytes'] / 1e6:.1f} MB around add() and the first search",
+                   err=True)
     typer.echo(f"leaderboard of all stored runs: {md_path}, {csv_path}")
     if plots:
         typer.echo(f"plots: {', '.join(str(p) for p in plots if p.suffix == '.png')}")
+    if failed_now or kept:
+        failures = [r for r in new.to_dict("records") if r.get("status") != "ok"] + list(kept)
+        for r in failures[:10]:
+            first = str(r.get("error") or "").splitlines()[0][:200] if r.get("error") else ""
+            typer.echo(f"failed: {r.get('method')} {r.get('build_params')}: {r.get('status')}: {first}", err=True)
+        if len(failures) > 10:
+            typer.echo(f"... and {len(failures) - 10} more failed configuration(s)", err=True)
+        raise SystemExit(1)
+
+
+def resolve_dataset(spec: str, df, *, quiet: bool = True) -> tuple[str, str | None]:
+    """The name to show and the identity to select stored runs by, for a `-d` value.
+
+    A name stored in the results is taken as it is (its newest identity); anything else — a
+    manifest name, a manifest file, an .hdf5 file, a folder — is prepared (cached) to learn its
+    identity, so runs measured under another name for the same data are found.
+    """
+    from harness.loaders import load_dataset
+
+    if not df.empty and "dataset" in df and spec in set(df["dataset"]) and not Path(spec).exists():
+        return spec, None
+    ds = load_dataset(spec, progress=not quiet)
+    return ds.name, ds.fingerprint
 
 
 @app.command("methods")
@@ -317,9 +368,10 @@ def datasets_info(
 
 @app.command()
 def leaderboard(
-    dataset: Annotated[str, typer.Option("--dataset", "-d")] = "wordnet",
+    dataset: DatasetOpt = "wordnet",
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b")] = None,
-    top: Annotated[int, typer.Option(help="Show the best N methods per budget (0: all).")] = 0,
+    top: Annotated[int, typer.Option(min=0, help="Show the best N ranks per budget (0: all).")] = 0,
+    at_n: AtNOpt = None,
     results_dir: ResultsDir = DEFAULT_RESULTS,
 ) -> None:
     """Print (and save as CSV and Markdown) the leaderboard of stored runs."""
@@ -327,23 +379,28 @@ def leaderboard(
     from harness.store import ResultStore
 
     df = ResultStore(results_dir).load()
-    board = lb.leaderboard(df, dataset, _budgets(budget))
+    name, fp = resolve_dataset(dataset, df)
+    board = lb.leaderboard(df, name, _budgets(budget), at_n=at_n, fingerprint=fp)
     if board.empty:
         raise VecbudgetError(f"no stored runs for data set {dataset!r} in {results_dir}")
-    lb.save(board, results_dir / "leaderboards", dataset)
+    if at_n is None:
+        lb.save(board, results_dir / "leaderboards", name)
     typer.echo(lb.to_markdown(board, top or None))
+    typer.echo(lb.legend(board, at_n))
 
 
 @app.command()
 def plot(
-    dataset: Annotated[str, typer.Option("--dataset", "-d")] = "wordnet",
+    dataset: DatasetOpt = "wordnet",
     results_dir: ResultsDir = DEFAULT_RESULTS,
 ) -> None:
     """Write Pareto plots (PNG and SVG) of stored runs."""
     from harness.plots import plot_dataset
     from harness.store import ResultStore
 
-    paths = plot_dataset(ResultStore(results_dir).load(), dataset, results_dir / "plots" / dataset)
+    df = ResultStore(results_dir).load()
+    name, fp = resolve_dataset(dataset, df)
+    paths = plot_dataset(df, name, results_dir / "plots" / name, fingerprint=fp)
     if not paths:
         raise VecbudgetError(f"no stored runs for data set {dataset!r} in {results_dir}")
     for p in paths:
@@ -355,13 +412,25 @@ def report(
     results_dir: ResultsDir = DEFAULT_RESULTS,
     out: Annotated[Path | None, typer.Option("--out", help="Site folder (default: RESULTS_DIR/report).")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report (default: RESULTS_DIR/REPORT.md).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include; repeat for several (default: all stored).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include (the same forms as `run`); repeat for several (default: all stored).")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
+    at_n: AtNOpt = None,
 ) -> None:
     """Write the static report site (leaderboards, plots, method pages) and REPORT.md."""
     from harness.report import build_report
+    from harness.store import ResultStore
 
-    paths = build_report(results_dir, out, markdown=markdown, budgets=_budgets(budget), datasets=dataset or None)
+    identities: dict[str, str | None] = {}
+    if dataset:
+        df = ResultStore(results_dir).load()
+        for spec in dataset:
+            name, fp = resolve_dataset(spec, df)
+            identities[name] = fp
+    kwargs = {"at_n": at_n} if at_n is not None else {}
+    if any(fp is not None for fp in identities.values()):
+        kwargs["identities"] = identities
+    paths = build_report(results_dir, out, markdown=markdown, budgets=_budgets(budget),
+                         datasets=list(identities) or None, **kwargs)
     typer.echo(f"report: {paths.site / 'index.html'} ({len(paths.datasets)} data set(s), "
                f"{len(paths.methods)} method(s))\nmarkdown: {paths.markdown}")
 
@@ -393,25 +462,73 @@ def check(
         sys.exit(1)
 
 
-def main() -> None:
-    try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except VecbudgetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+def _usage_error_types() -> tuple[type, ...]:
+    """click's exception class, and the copy of click that typer ≥ 0.29 vendors."""
+    import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    types: list[type] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _one_line_usage_error(exc: Exception) -> int:
+    """Print a usage error as one line (and the command's --help hint); return its exit status."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(message.split())
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and getattr(ctx, "command_path", "") else ""
+    typer.echo(f"error: {message}{hint}", err=True)
+    code = getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) and code else 2
+
+
+def _print_warnings(caught: list) -> None:
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in seen:
+            seen.add(text)
+            typer.echo(f"warning: {text}", err=True)
+
+
+def main() -> None:
+    import warnings
+
+    usage_errors = _usage_error_types()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            code = app(standalone_mode=False)
+            code = code if isinstance(code, int) else 0
+        except VecbudgetError as exc:
+            _print_warnings(caught)
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 130
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            code = 130
+        except usage_errors as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()
+                code = 0
+            else:
+                code = _one_line_usage_error(exc)
+        finally:
+            pass
+    _print_warnings(caught)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

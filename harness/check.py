@@ -276,8 +276,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, progress: bool = True,
                         searches.append(e.search)
                         hashes.append(h)
                         owner[h] = (e.key, j)
-                tasks.append(Task(dataset_dir=str(ds.path), method=es[0].method, build_params=es[0].build,
-                                  search_configs=searches, config_hashes=hashes, k=suite.k,
+                tasks.append(Task.for_dataset(ds, es[0].method, es[0].build, searches, hashes, k=suite.k,
                                   quality_k=suite.quality_k, latency_queries=suite.latency_queries,
                                   train_size=suite.train_size, threads=suite.threads, raw_dir=None,
                                   provenance=prov))

@@ -26,7 +26,7 @@ from harness.formats import validate_vectors
 from harness.groundtruth import exact_knn, same_up_to_ties
 
 GT_K = 128  # neighbours kept per query: recall@100 plus room to extend distance ties
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the identity covers judgments, ids and training queries
 DATASET_METRICS = ("l2", "ip", "cosine")
 CHUNK_ROWS = 65536  # rows per pass over a (possibly memory-mapped) array
 
@@ -71,14 +71,33 @@ def _zero_rows(x: np.ndarray, what: str) -> None:
         )
 
 
-def fingerprint(metric: str, *arrays: np.ndarray, normalise: bool = False) -> str:
-    """Content hash of the float32 (optionally L2-normalised) arrays, read in chunks."""
+def fingerprint(metric: str, *arrays: np.ndarray, normalise: bool = False, extra: Any = None) -> str:
+    """Content hash of the float32 (optionally L2-normalised) arrays, read in chunks, and of
+    ``extra`` (any JSON-able value: judgments, ids)."""
     h = hashlib.sha256(f"v{FORMAT_VERSION}:{metric}".encode())
     for a in arrays:
         h.update(str(tuple(a.shape)).encode())
         for start in range(0, a.shape[0], CHUNK_ROWS):
             h.update(_float_rows(a, start, start + CHUNK_ROWS, normalise).tobytes())
+    if extra is not None:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def identity(raw: RawDataset) -> str:
+    """The data set's identity: everything that changes a result.
+
+    The metric, the base and query vectors (which carry the texts, the encoder, its prompts and
+    the subset), the training queries, the relevance judgments and the document and query ids
+    they name. Not the name: a copy of the same data under another name is the same data set, and
+    its runs are shown under whichever name the user gives.
+    """
+    arrays = [raw.base, raw.queries] + ([raw.train_queries] if raw.train_queries is not None else [])
+    judgments = None
+    if raw.qrels is not None:
+        judgments = {"qrels": raw.qrels, "doc_ids": raw.doc_ids, "query_ids": raw.query_ids}
+    return fingerprint(raw.metric, *arrays, normalise=raw.metric == "cosine",
+                       extra={"train_queries": raw.train_queries is not None, "judgments": judgments})
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -256,7 +275,7 @@ def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> Prep
         _check_qrels(raw)
     if raw.shipped_neighbors is not None:
         _check_shipped(raw)
-    fp = fingerprint(raw.metric, raw.base, raw.queries, normalise=cosine)
+    fp = identity(raw)
     target = cache_root / f"{raw.name}-{fp}"
     if (target / "meta.json").exists():
         return PreparedDataset(target)
@@ -347,11 +366,17 @@ SHIPPED_SAMPLE = 1000  # queries compared with the shipped ground truth
 
 
 def verify_shipped(
-    shipped: np.ndarray, gt_ids: np.ndarray, gt_dist: np.ndarray, *, sample: int = SHIPPED_SAMPLE, seed: int = 0
+    shipped: np.ndarray, gt_ids: np.ndarray, gt_dist: np.ndarray, *, sample: int = SHIPPED_SAMPLE, seed: int = 0,
+    min_agreement: float = 0.99, name: str = "",
 ) -> dict[str, Any]:
     """Compare shipped neighbours with the computed ones, allowing reordering within exact ties.
 
     With more than ``sample`` queries a seeded random subset of ``sample`` rows is compared.
+    When fewer than ``min_agreement`` of the checked rows agree (shuffled rows, another
+    metric, another base), the result carries a ``warning`` and a
+    :class:`~harness.datawarnings.DataWarning` is raised with the agreement figure: the harness
+    scores against its own ground truth, but shipped neighbours that disagree say the files do
+    not describe the same data. ``name`` (the data set or file) starts the warning.
     """
     k = min(shipped.shape[1], gt_ids.shape[1])
     if shipped.shape[0] != gt_ids.shape[0]:
@@ -362,10 +387,22 @@ def verify_shipped(
     ship = np.asarray(shipped[rows][:, :k], dtype=np.int64)
     ids, dist = gt_ids[rows, :k], gt_dist[rows, :k]
     agree = same_up_to_ties(ids, ship, dist)
-    return {
+    out: dict[str, Any] = {
         "k": int(k),
         "rows": int(shipped.shape[0]),
         "rows_checked": int(rows.size),
         "rows_equal_up_to_ties": int(agree.sum()),
         "positions_identical": float((ids == ship).mean()),
     }
+    if agree.mean() < min_agreement:
+        from harness.datawarnings import warn
+
+        out["warning"] = (
+            f"{name + ': ' if name else ''}shipped neighbours agree with the recomputed exact ground truth on only "
+            f"{int(agree.sum())} of {rows.size} checked rows ({agree.mean():.0%}; "
+            f"{out['positions_identical']:.0%} of positions identical, k={k}), so it may not "
+            f"describe these base vectors, queries and metric (shuffled rows, another metric or "
+            f"another base?); every score uses the recomputed ground truth"
+        )
+        warn(out["warning"], stacklevel=2)
+    return out

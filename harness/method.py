@@ -34,6 +34,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 METRICS = ("l2", "ip")
+#: the build parameter naming a departure from the paper, and its value for the paper's recipe
+VARIANT_PARAM = "variant"
+PAPER_VARIANT = "paper"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,15 @@ class Method(ABC):
     input_kind: ClassVar[str] = "dense"
     #: whether the method uses training queries when given them (LeanVec-OOD, JPQ, ...)
     uses_train_queries: ClassVar[bool] = False
+    #: named departures from the paper's recipe: value of the ``variant`` build parameter -> why it
+    #: exists. The default value of ``variant`` (first in the build grid, or absent) is the paper's
+    #: recipe, :data:`PAPER_VARIANT`; every other value must be listed here. Leaderboards show a
+    #: variant as its own entry, ``method[variant]``, beside the faithful one.
+    variants: ClassVar[dict[str, str]] = {}
+    #: non-empty when the paper's recipe cannot run here (e.g. the encoder is not Matryoshka-trained):
+    #: one sentence saying what runs instead, shown on the method page. The default variant is then
+    #: the closest post-hoc version of the paper's recipe.
+    post_hoc: ClassVar[str] = ""
 
     def __init__(self, dim: int, metric: str, **build_params: Any):
         if metric not in self.metrics:
@@ -141,6 +153,11 @@ class Method(ABC):
             pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
         return os.path.getsize(path)
 
+    @classmethod
+    def variant_of(cls, build_params: dict[str, Any]) -> str:
+        """The variant a build configuration runs: :data:`PAPER_VARIANT` or a key of ``variants``."""
+        return str(build_params.get(VARIANT_PARAM, PAPER_VARIANT))
+
     # ----- description ------------------------------------------------------------------
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -153,6 +170,8 @@ class Method(ABC):
             "search_grid": cls.search_grid,
             "metrics": list(cls.metrics),
             "input_kind": cls.input_kind,
+            "variants": dict(cls.variants),
+            "post_hoc": cls.post_hoc,
         }
 
 

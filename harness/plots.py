@@ -35,8 +35,8 @@ def _style(methods: list[str]) -> dict[str, tuple]:
     return {m: (cmap(i % 20), markers[i % len(markers)]) for i, m in enumerate(sorted(methods))}
 
 
-def plot_dataset(df: pd.DataFrame, dataset: str, out_dir: str | Path) -> list[Path]:
-    runs = current_runs(df, dataset)
+def plot_dataset(df: pd.DataFrame, dataset: str, out_dir: str | Path, fingerprint: str | None = None) -> list[Path]:
+    runs = current_runs(df, dataset, fingerprint)
     if runs.empty:
         return []
     metric = quality_metric(runs)

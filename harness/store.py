@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.errors import DataError
 from harness.io import atomic_path, is_temporary, remove_stale_temporaries
+from harness.schema import stamp
 
 RESULTS_ROOT = Path(__file__).resolve().parents[1] / "results"
 
@@ -40,14 +41,36 @@ class ResultStore:
                 raise DataError(f"cannot write {id_file}: {exc}") from exc
         return id_file.read_text().strip()
 
-    def append(self, rows: list[dict]) -> Path | None:
+    def check_writable(self) -> None:
+        """Fail early, with a clear message, when results cannot be written here."""
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.runs / ".write-probe") as tmp:
+                tmp.write_text("")
+            (self.runs / ".write-probe").unlink(missing_ok=True)
+            self.store_id  # noqa: B018 - creates .store_id on first use
+        except OSError as exc:
+            raise DataError(f"results folder {self.root} is not writable ({exc.strerror or exc}); "
+                            f"choose another with --results-dir") from exc
+
+    def append(self, rows: list[dict]) -> list[dict]:
+        """Stamp rows (time of measurement, this folder's id) and store them as one new part;
+        return the rows as stored."""
         if not rows:
-            return None
+            return []
+        rows = stamp(rows, self.store_id)
+        self._write(rows)
+        return rows
+
+    def _write(self, rows: list[dict]) -> Path:
         now = time.time_ns()
         stamp = datetime.fromtimestamp(now / 1e9, timezone.utc).strftime("%Y%m%dT%H%M%S")
         path = self.runs / f"{stamp}.{now % 10**9:09d}-{uuid.uuid4().hex[:8]}.parquet"
-        with atomic_path(path, suffix=".parquet") as tmp:
-            pd.DataFrame(rows).to_parquet(tmp, index=False)
+        try:
+            with atomic_path(path, suffix=".parquet") as tmp:
+                pd.DataFrame(rows).to_parquet(tmp, index=False)
+        except OSError as exc:
+            raise DataError(f"cannot write results to {path.parent} ({exc.strerror or exc})") from exc
         return path
 
     def parts(self) -> list[Path]:
@@ -90,4 +113,5 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: the most recent run of each config hash."""
     if df.empty:
         return df
-    return df.sort_values("created_utc").drop_duplicates("config_hash", keep="last")
+    # stable: rows stamped alike keep the store's write order
+    return df.sort_values("created_utc", kind="mergesort").drop_duplicates("config_hash", keep="last")

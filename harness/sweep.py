@@ -1,6 +1,12 @@
 """A budgeted sweep: plan builds for the budgets, skip stored configurations, run the rest
 through an executor, and append each finished build's rows to the store at once (so a sweep
-killed midway resumes where it stopped)."""
+killed midway resumes where it stopped).
+
+Failures: a stored failure is re-run by default when what caused it may have changed — the
+code (:func:`harness.provenance.code_hash`), the data set's identity or the worker's limits — or
+when it was caused outside the method (status ``error``: unreadable data, a missing dependency).
+A failure of the same code on the same data under the same limits is kept and reported.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness.budgets import DEFAULT_BUDGETS, DEFAULT_PER_BUDGET, plan
+from harness.claims import Claims
 from harness.dataset import PreparedDataset
 from harness.errors import VecbudgetError
 from harness.executor import Executor, ProcessExecutor
-from harness.provenance import config_hash, provenance
+from harness.provenance import code_hash, config_hash, provenance
 from harness.registry import default_methods, get_method
-from harness.store import ResultStore
+from harness.schema import ENVIRONMENT_STATUSES
+from harness.store import ResultStore, latest
 from harness.worker import Task
 
 
@@ -33,6 +41,15 @@ class SweepConfig:
     threads: int = 0
     force: bool = False
     retry_failed: bool = False
+    #: the worker's limits: part of what a failure depends on (a time-out under another limit is retried)
+    time_limit_s: float | None = None
+    memory_limit_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.per_budget < 1:
+            raise VecbudgetError(f"per-budget must be at least 1, got {self.per_budget}")
+        if not 1 <= self.k <= 100:
+            raise VecbudgetError(f"k must be between 1 and 100, got {self.k}")
 
 
 def run_config_hash(ds: PreparedDataset, method: str, build: dict[str, Any], search: dict[str, Any],
@@ -41,8 +58,46 @@ def run_config_hash(ds: PreparedDataset, method: str, build: dict[str, Any], sea
                        k=cfg.k, quality_k=cfg.quality_k)
 
 
-def plan_tasks(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> tuple[list[Task], int]:
-    """Tasks still to run, and how many stored configurations are skipped."""
+def failure_retry_key(ds: PreparedDataset, method: str, build: dict[str, Any], cfg: SweepConfig) -> str:
+    """What a failure of this build depends on: the code, the data set's identity, the limits.
+    A stored failure whose key differs may not happen again, so it is retried."""
+    return config_hash(code=code_hash(), dataset=ds.fingerprint, method=method, build=build,
+                       time_limit=cfg.time_limit_s, memory_limit=cfg.memory_limit_bytes)
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]
+    skipped: int = 0  # stored ok configurations
+    #: stored failures of the same code, data and limits: kept and reported, not re-run
+    kept_failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _stored_state(store: ResultStore) -> dict[str, dict[str, Any]]:
+    """The latest row this results folder measured for each config hash."""
+    df = store.load()
+    if df.empty or "store_id" not in df:
+        return {}
+    mine = latest(df[df["store_id"] == store.store_id])
+    cols = [c for c in ("config_hash", "status", "retry_key", "error", "method", "build_params") if c in mine]
+    return {r["config_hash"]: r for r in mine[cols].to_dict("records")}
+
+
+def _keeps(row: dict[str, Any] | None, retry_key: str, cfg: SweepConfig) -> str:
+    """'done', 'kept' (a failure that would happen again) or 'run'."""
+    if row is None or cfg.force:
+        return "run"
+    if row.get("status") == "ok":
+        return "done"
+    if cfg.retry_failed or row.get("status") in ENVIRONMENT_STATUSES or row.get("retry_key") != retry_key:
+        return "run"
+    return "kept"
+
+
+def plan_sweep(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> Plan:
+    """Tasks still to run, stored configurations skipped, and failures kept."""
+    if cfg.k > ds.n:
+        raise VecbudgetError(f"k={cfg.k} is larger than the {ds.n} vectors of {ds.name}")
     names = cfg.methods or default_methods()
     classes = [get_method(m) for m in names]
     unsupported = [c.name for c in classes if ds.method_metric not in c.metrics or c.input_kind != "dense"]
@@ -51,24 +106,36 @@ def plan_tasks(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> tup
                              f"(metric {ds.metric}, dense vectors)")
     classes = [c for c in classes if c.name not in unsupported]
     builds = plan(classes, ds.dim, ds.n, tuple(cfg.budgets), cfg.per_budget)
-    skip_statuses = () if cfg.force else (("ok",) if cfg.retry_failed else ("ok", "failed", "timeout", "oom", "crashed"))
-    done = store.done_hashes(skip_statuses) if skip_statuses else set()
+    state = _stored_state(store)
     prov = provenance()
-    tasks, skipped = [], 0
+    out = Plan(tasks=[])
     for b in builds:
-        searches = get_method(b.method).search_configs(**b.build_params)
-        todo = [(s, run_config_hash(ds, b.method, b.build_params, s, cfg)) for s in searches]
-        remaining = [(s, h) for s, h in todo if h not in done]
-        skipped += len(todo) - len(remaining)
+        retry_key = failure_retry_key(ds, b.method, b.build_params, cfg)
+        remaining = []
+        for s in get_method(b.method).search_configs(**b.build_params):
+            h = run_config_hash(ds, b.method, b.build_params, s, cfg)
+            verdict = _keeps(state.get(h), retry_key, cfg)
+            if verdict == "done":
+                out.skipped += 1
+            elif verdict == "kept":
+                out.kept_failures.append(state[h])
+            else:
+                remaining.append((s, h))
         if remaining:
-            tasks.append(Task(
-                dataset_dir=str(ds.path), method=b.method, build_params=b.build_params,
-                search_configs=[s for s, _ in remaining], config_hashes=[h for _, h in remaining],
+            out.tasks.append(Task.for_dataset(
+                ds, b.method, b.build_params, [s for s, _ in remaining], [h for _, h in remaining],
                 k=cfg.k, quality_k=cfg.quality_k, latency_queries=cfg.latency_queries,
-                latency_seconds=cfg.latency_seconds,
-                threads=cfg.threads, raw_dir=str(store.root / "raw"), provenance=prov,
+                latency_seconds=cfg.latency_seconds, threads=cfg.threads, raw_dir=str(store.root / "raw"),
+                retry_key=retry_key, time_limit_s=cfg.time_limit_s, memory_limit_bytes=cfg.memory_limit_bytes,
+                provenance=prov,
             ))
-    return tasks, skipped
+    return out
+
+
+def plan_tasks(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> tuple[list[Task], int]:
+    """Tasks still to run, and how many stored configurations are skipped (see :func:`plan_sweep`)."""
+    p = plan_sweep(ds, cfg, store)
+    return p.tasks, p.skipped + len(p.kept_failures)
 
 
 def run_sweep(
@@ -84,15 +151,24 @@ def run_sweep(
     removed = store.remove_stale_temporaries()
     if removed and progress:
         tqdm.write(f"removed {len(removed)} unfinished results file(s) left by a killed run")
-    tasks, skipped = plan_tasks(ds, cfg, store)
+    store.check_writable()
+    claims = Claims(store)  # before planning: what another run stores from now on is skipped
+    planned = plan_sweep(ds, cfg, store)
+    tasks, skipped = planned.tasks, planned.skipped
     executor = executor or ProcessExecutor()
     new_rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(tasks), desc=f"sweep {ds.name}", unit="build", disable=not progress)
     if skipped and progress:
         tqdm.write(f"skipping {skipped} stored configuration(s) (use --force to re-run)")
-    for task, rows in executor.run(tasks):
-        rows = [{**r, "store_id": store.store_id} for r in rows]
-        store.append(rows)
+    if planned.kept_failures and progress:
+        first = planned.kept_failures[0]
+        tqdm.write(f"{len(planned.kept_failures)} configuration(s) failed before with this code, data and limits "
+                   f"and are not re-run (--retry-failed re-runs them); e.g. {first.get('method')}: "
+                   f"{str(first.get('error', '')).splitlines()[0][:160] if first.get('error') else first.get('status')}")
+    bar = tqdm(total=len(tasks), desc=f"sweep {ds.name}", unit="build", disable=not progress)
+    # each configuration is claimed before it runs; those another run has claimed are skipped
+    for task, rows in executor.run(claims.claimed(tasks, on_skip=tqdm.write)):
+        rows = store.append(rows)
+        claims.release(task.config_hashes)
         new_rows.extend(rows)
         failed = [r for r in rows if r.get("status") != "ok"]
         if failed and progress:
@@ -107,4 +183,7 @@ def run_sweep(
         bar.set_postfix_str(task.label[:40])
         bar.update(1)
     bar.close()
-    return pd.DataFrame(new_rows)
+    out = pd.DataFrame(new_rows)
+    out.attrs["kept_failures"] = planned.kept_failures
+    out.attrs["skipped"] = skipped
+    return out

@@ -18,17 +18,21 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness import schema
 from harness.dataset import PreparedDataset
 from harness.groundtruth import pair_scores, true_distance
 from harness.io import atomic_path, atomic_write_json
 from harness.metrics import qrels_metrics, recall_by_distance, recall_with_ties
+from harness.provenance import blas_info
 from harness.registry import get_method
+from harness.validation import InvalidResults, validate_results
 
 RECALL_KS = (1, 10, 100)
 BYTES_TOLERANCE = 0.10
@@ -53,11 +57,23 @@ def degraded(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Task:
+    """One (method, build configuration) and the search configurations to evaluate on it.
+
+    The data set's identity travels with the task, so a failure row can be written even when the
+    prepared data cannot be read.
+    """
+
     dataset_dir: str
     method: str
     build_params: dict[str, Any]
     search_configs: list[dict[str, Any]]
     config_hashes: list[str]
+    dataset: str = ""
+    fingerprint: str = ""
+    metric: str = ""
+    n: int = 0
+    dim: int = 0
+    nq: int = 0
     k: int = 10
     quality_k: int = 100
     latency_queries: int = 200
@@ -65,7 +81,17 @@ class Task:
     train_size: int = 100_000
     threads: int = 0  # 0: all cores
     raw_dir: str | None = None
+    retry_key: str = ""
+    time_limit_s: float | None = None
+    memory_limit_bytes: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_dataset(cls, ds: PreparedDataset, method: str, build_params: dict[str, Any],
+                    search_configs: list[dict[str, Any]], config_hashes: list[str], **kw: Any) -> Task:
+        return cls(dataset_dir=str(ds.path), method=method, build_params=build_params,
+                   search_configs=search_configs, config_hashes=config_hashes, dataset=ds.name,
+                   fingerprint=ds.fingerprint, metric=ds.metric, n=ds.n, dim=ds.dim, nq=ds.nq, **kw)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -98,46 +124,89 @@ def _set_threads(index: Any, n: int) -> None:
     _limit_blas_threads(n)
 
 
-def _best_time(fn, min_total: float = 0.3, max_repeats: int = 3) -> float:
-    """Best wall time of ``fn`` over up to ``max_repeats`` runs (stops early once past min_total)."""
-    best, total = float("inf"), 0.0
-    for _ in range(max_repeats):
+#: a batch search faster than this is timed again (best of up to TIMING_REPEATS passes)
+MIN_TIMED_SECONDS = 0.3
+TIMING_REPEATS = 3
+
+
+def _timed_search(index: Any, queries: np.ndarray, k: int, params: dict[str, Any]) -> tuple[Any, Any, float]:
+    """One batch search whose results are scored, and its queries per second: the same search.
+
+    A pass shorter than MIN_TIMED_SECONDS is repeated (same call) and the best time kept.
+    """
+    t0 = time.perf_counter()
+    scores, ids = index.search(queries, k, **params)
+    best = total = time.perf_counter() - t0
+    for _ in range(TIMING_REPEATS - 1):
+        if total >= MIN_TIMED_SECONDS:
+            break
         t0 = time.perf_counter()
-        fn()
+        index.search(queries, k, **params)
         dt = time.perf_counter() - t0
         best, total = min(best, dt), total + dt
-        if total >= min_total:
-            break
-    return best
+    return scores, ids, queries.shape[0] / best
 
 
-def base_row(task: Task, ds: PreparedDataset, search_params: dict[str, Any], config_hash: str) -> dict[str, Any]:
-    cls = get_method(task.method)
-    return {
-        "config_hash": config_hash,
-        "dataset": ds.name,
-        "dataset_fingerprint": ds.fingerprint,
-        "metric": ds.metric,
-        "n": ds.n,
-        "dim": ds.dim,
-        "nq": ds.nq,
-        "method": task.method,
-        "family": cls.family,
-        "build_params": json.dumps(task.build_params, sort_keys=True),
-        "search_params": json.dumps(search_params, sort_keys=True),
-        "k": task.k,
-        "bytes_analytic": float(cls.bytes_per_vector(ds.dim, ds.n, **task.build_params)),
-        "float32_bytes": 4.0 * ds.dim,
-        **task.provenance,
-    }
+def _latencies(index: Any, queries: np.ndarray, k: int, params: dict[str, Any], task: Task) -> np.ndarray:
+    """Single-query latencies (ms), one thread, time-boxed (at least MIN_LATENCY_QUERIES)."""
+    n_lat = min(task.latency_queries, queries.shape[0])
+    out = np.empty(n_lat)
+    spent = 0.0
+    for i in range(n_lat):
+        q = queries[i : i + 1]
+        t = time.perf_counter_ns()
+        index.search(q, k, **params)
+        out[i] = (time.perf_counter_ns() - t) / 1e6
+        spent += out[i] / 1e3
+        if spent >= task.latency_seconds and i + 1 >= MIN_LATENCY_QUERIES:
+            return out[: i + 1]  # slow single-query scans: the row says how many were timed
+    return out
+
+
+def task_identity(task: Task, search_params: dict[str, Any], config_hash: str) -> dict[str, Any]:
+    """The identity columns of a row of ``task`` (from the task alone: no data are read)."""
+    try:
+        cls = get_method(task.method)
+        family, variant = cls.family, cls.variant_of(task.build_params)
+        analytic = float(cls.bytes_per_vector(task.dim, task.n, **task.build_params))
+    except Exception:  # noqa: BLE001 - a plugin that cannot load still gets its failure row
+        family, variant, analytic = "", str(task.build_params.get("variant", "paper")), float("nan")
+    row = schema.identity(
+        config_hash=config_hash, dataset=task.dataset, fingerprint=task.fingerprint, metric=task.metric,
+        n=task.n, dim=task.dim, nq=task.nq, method=task.method, family=family, variant=variant,
+        build_params=task.build_params, search_params=search_params, k=task.k, bytes_analytic=analytic)
+    row.update(task.provenance)
+    row.update({"time_limit_s": task.time_limit_s, "memory_limit_bytes": task.memory_limit_bytes})
+    return row
+
+
+def _quality(ds: PreparedDataset, queries: np.ndarray, ids: np.ndarray, gt_true: np.ndarray,
+             cutoffs: tuple[int, ...], qrels_metric: str | None) -> dict[str, np.ndarray]:
+    """Per-query quality of one search's ids at the given cutoffs (and one judgment metric)."""
+    out: dict[str, np.ndarray] = {}
+    cosine = ds.metric == "cosine"
+    run_true = true_distance(pair_scores(ds.base, queries, ids, ds.method_metric), ds.method_metric, cosine=cosine)
+    for c in cutoffs:
+        out[f"recall_at_{c}"] = recall_with_ties(ds.gt_ids, ds.gt_dist, ids, c)
+        out[f"recall_dist_at_{c}"] = recall_by_distance(gt_true, run_true, c)
+    if qrels_metric and ds.has_qrels:
+        out[qrels_metric] = qrels_metrics(ds.qrels, ids, ds.query_ids, ds.doc_ids)[qrels_metric]
+    return out
 
 
 def run_task(task: Task) -> list[dict[str, Any]]:
-    ds = PreparedDataset(task.dataset_dir)
-    cls = get_method(task.method)
+    """Build once, then evaluate every search configuration; raise on a failure (see :func:`main`)."""
+    try:
+        ds = PreparedDataset(task.dataset_dir)
+        cls = get_method(task.method)
+        base = np.ascontiguousarray(ds.base, dtype=np.float32)
+        queries = ds.queries
+        gt_true = true_distance(ds.gt_dist, ds.method_metric, cosine=ds.metric == "cosine")
+        train_queries = ds.train_queries if cls.uses_train_queries else None
+    except Exception as exc:
+        raise HarnessError(f"{type(exc).__name__}: {exc}") from exc
     threads = _all_threads(task)
-    base = np.ascontiguousarray(ds.base, dtype=np.float32)
-    queries = ds.queries
+    nq = queries.shape[0]
     if ds.n > task.train_size:
         rows = np.sort(np.random.default_rng(0).choice(ds.n, task.train_size, replace=False))
         train = base[rows]
@@ -148,54 +217,52 @@ def run_task(task: Task) -> list[dict[str, Any]]:
     index.expected_n = ds.n
     _set_threads(index, threads)
     t0 = time.perf_counter()
-    index.fit(train, ds.train_queries if cls.uses_train_queries else None)
+    index.fit(train, train_queries)
     train_s = time.perf_counter() - t0
+    rss_before = anon_rss()
     t0 = time.perf_counter()
     index.add(base)
     build_s = time.perf_counter() - t0
+    _set_threads(index, 1)
+    k = min(task.k, ds.n)
+    validate_results(*index.search(queries[:1], k, **task.search_configs[0]), 1, k, ds.n)  # the first search
+    rss_after = anon_rss()
     mem = index.memory()
     with tempfile.TemporaryDirectory() as tmp:
         disk_bytes = index.save(os.path.join(tmp, "index.bin"))
+    growth = None if rss_before is None or rss_after is None else max(0, rss_after - rss_before)
+    blas = json.dumps(blas_info(), sort_keys=True)
 
-    gt_true = true_distance(ds.gt_dist, ds.method_metric, cosine=ds.metric == "cosine")
-    n_lat = min(task.latency_queries, queries.shape[0])
+    qk = min(task.quality_k, ds.n)
+    cutoffs_k = tuple(c for c in RECALL_KS if c <= k and c < qk) or (k,)
+    cutoffs_100 = tuple(c for c in RECALL_KS if c <= qk and c not in cutoffs_k)
     rows_out = []
     for search_params, chash in zip(task.search_configs, task.config_hashes, strict=True):
-        row = base_row(task, ds, search_params, chash)
+        row = task_identity(task, search_params, chash)
+        # the timed operating point: quality, batch QPS and latency of the same search for k results
         _set_threads(index, 1)
-        qk = min(task.quality_k, ds.n)
-        scores, ids = index.search(queries, qk, **search_params)
-        ids = np.asarray(ids, dtype=np.int64)
-        qps_1t = queries.shape[0] / _best_time(lambda sp=search_params: index.search(queries, task.k, **sp))
-        latencies = np.empty(n_lat)
-        spent, n_timed = 0.0, 0
-        for i in range(n_lat):
-            q = queries[i : i + 1]
-            t = time.perf_counter_ns()
-            index.search(q, task.k, **search_params)
-            latencies[i] = (time.perf_counter_ns() - t) / 1e6
-            spent, n_timed = spent + latencies[i] / 1e3, i + 1
-            if spent >= task.latency_seconds and n_timed >= MIN_LATENCY_QUERIES:
-                break  # slow single-query scans: time-boxed, the row says how many were timed
-        latencies = latencies[:n_timed]
+        scores, ids, qps_1t = _timed_search(index, queries, k, search_params)
+        ids = validate_results(scores, ids, nq, k, ds.n)
+        latencies = _latencies(index, queries, k, search_params, task)
         _set_threads(index, threads)
-        qps_all = queries.shape[0] / _best_time(lambda sp=search_params: index.search(queries, task.k, **sp))
-
-        per_query: dict[str, np.ndarray] = {}
-        run_true = true_distance(pair_scores(ds.base, queries, ids, ds.method_metric), ds.method_metric,
-                                 cosine=ds.metric == "cosine")
-        for k in RECALL_KS:
-            if k <= qk:
-                per_query[f"recall_at_{k}"] = recall_with_ties(ds.gt_ids, ds.gt_dist, ids, k)
-                per_query[f"recall_dist_at_{k}"] = recall_by_distance(gt_true, run_true, k)
-        if ds.has_qrels:
-            per_query.update(qrels_metrics(ds.qrels, ids, ds.query_ids, ds.doc_ids))
+        _, _, qps_all = _timed_search(index, queries, k, search_params)
+        per_query = _quality(ds, queries, ids, gt_true, cutoffs_k, "ndcg_at_10" if k >= 10 else None)
+        # the k=100 operating point, timed on its own
+        k100: dict[str, Any] = {}
+        ids_100, scores_100 = ids, scores
+        if qk > k:
+            _set_threads(index, 1)
+            scores_100, ids_100, k100_qps = _timed_search(index, queries, qk, search_params)
+            ids_100 = validate_results(scores_100, ids_100, nq, qk, ds.n)
+            k100["k100_qps_1t"] = float(k100_qps)
+        per_query.update(_quality(ds, queries, ids_100, gt_true, cutoffs_100, "qrels_recall_at_100"))
 
         ram = mem.ram
         bpv = ram / ds.n
         row.update({
             "status": "ok",
             "error": "",
+            "retry_key": task.retry_key,
             "ram_bytes": ram,
             "codes_bytes": mem.codes,
             "structure_bytes": mem.structure,
@@ -205,24 +272,31 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             "bytes_per_vector": bpv,
             "ratio_to_float32": bpv / (4.0 * ds.dim),
             "bytes_mismatch": bool(abs(bpv - row["bytes_analytic"]) > BYTES_TOLERANCE * row["bytes_analytic"]),
+            "rss_growth_bytes": float("nan") if growth is None else float(growth),
+            "memory_flag": memory_flag(ram, growth),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
-            "latency_queries": int(n_timed),
+            "latency_queries": int(latencies.size),
             "qps_1t": float(qps_1t),
             "qps_all": float(qps_all),
             "threads_all": threads,
             "train_s": train_s,
             "build_s": build_s,
+            "train_sample": int(getattr(index, "train_sample", None) or train.shape[0]),
+            "train_note": str(getattr(index, "training_notes", "") or ""),
+            "blas": blas,
+            **k100,
             **{name: float(np.nanmean(v)) for name, v in per_query.items()},
             **{f"per_query_{name}": per_query[name].astype(np.float32).tolist()
                for name in PER_QUERY_IN_ROW if name in per_query},
         })
         if task.raw_dir:
-            raw = Path(task.raw_dir) / ds.name / f"{chash}.npz"
+            # one file per row (a unique name): two runs never overwrite each other's raw results
+            raw = Path(task.raw_dir) / task.dataset / f"{chash}-{uuid.uuid4().hex[:12]}.npz"
             with atomic_path(raw, suffix=".npz") as tmp:
-                np.savez_compressed(tmp, ids=ids.astype(np.int32), scores=np.asarray(scores, np.float32),
-                                    latency_ms=latencies.astype(np.float32),
+                np.savez_compressed(tmp, ids=ids_100.astype(np.int32), scores=np.asarray(scores_100, np.float32),
+                                    ids_k=ids.astype(np.int32), latency_ms=latencies.astype(np.float32),
                                     **{f"q_{name}": v.astype(np.float32) for name, v in per_query.items()})
             row["raw_path"] = str(raw)
         rows_out.append(row)
@@ -232,15 +306,68 @@ def run_task(task: Task) -> list[dict[str, Any]]:
     return rows_out
 
 
+class HarnessError(RuntimeError):
+    """A failure outside the method: the prepared data, a dependency, the harness itself."""
+
+
+#: below this RSS growth the memory cross-check says nothing (allocator noise)
+MEMORY_FLOOR_BYTES = 4 << 20
+#: reported RAM below this share of the measured RSS growth is flagged
+MEMORY_FLAG_RATIO = 0.8
+
+
+def memory_flag(reported: int, growth: int | None) -> bool:
+    """Whether a plugin's reported RAM is implausibly below the RSS growth the worker measured."""
+    return bool(growth is not None and growth > MEMORY_FLOOR_BYTES and reported < MEMORY_FLAG_RATIO * growth)
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc), so RSS reflects what is still held."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def anon_rss() -> int | None:
+    """Anonymous resident memory of this process in bytes (file-backed pages, e.g. the
+    memory-mapped base vectors, do not count); None where /proc is not available."""
+    _trim_heap()
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def classify(exc: BaseException) -> str:
+    """The status of a failed task from its exception."""
+    if isinstance(exc, MemoryError) or "bad_alloc" in str(exc):
+        return "oom"
+    if isinstance(exc, InvalidResults):
+        return "invalid"
+    if isinstance(exc, HarnessError | ImportError):
+        return "error"
+    return "failed"
+
+
 def failure_rows(task: Task, status: str, error: str) -> list[dict[str, Any]]:
     """Rows recording a task that did not finish; the sweep goes on."""
-    ds = PreparedDataset(task.dataset_dir)
-    out = []
-    for search_params, chash in zip(task.search_configs, task.config_hashes, strict=True):
-        row = base_row(task, ds, search_params, chash)
-        row.update({"status": status, "error": error[-2000:]})
-        out.append(row)
-    return out
+    return [schema.failure(task_identity(task, s, h), status, error, task.retry_key)
+            for s, h in zip(task.search_configs, task.config_hashes, strict=True)]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """First line: the exception and its message; then the traceback (the row keeps head and tail)."""
+    if isinstance(exc, MemoryError):
+        head = "MemoryError: the worker ran out of memory (limit reached)"
+    else:
+        head = f"{type(exc).__name__}: {exc}"
+    return head + "\n" + "".join(traceback.format_exception(exc, limit=8))
 
 
 def main(argv: list[str]) -> int:
@@ -248,11 +375,8 @@ def main(argv: list[str]) -> int:
     task = Task.from_json(Path(task_file).read_text())
     try:
         rows = run_task(task)
-    except MemoryError:
-        rows = failure_rows(task, "oom", "MemoryError: the worker ran out of memory (limit reached)")
     except Exception as exc:  # noqa: BLE001 - any failure becomes a failed row
-        status = "oom" if "bad_alloc" in str(exc) else "failed"
-        rows = failure_rows(task, status, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
+        rows = failure_rows(task, classify(exc), describe_failure(exc))
     atomic_write_json(out_file, rows)
     return 0
 
