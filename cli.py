@@ -112,7 +112,6 @@ def run(
     from harness.executor import ProcessExecutor
     from harness.loaders import load_dataset
     from harness.plots import plot_dataset
-    from harness.store import ResultStore
     from harness.sweep import SweepConfig, run_sweep
 
     overrides = {"documents": None} if full else {}
@@ -139,7 +138,9 @@ def run(
     failed_now = len(new) - ok
     kept = new.attrs.get("kept_failures", [])
     typer.echo(f"\n{ds.name}: n={ds.n:,} d={ds.dim} queries={ds.nq} metric={ds.metric}; "
-               f"{ok} new run(s) ok, {failed_now} failed" + (f", {len(kept)} known failure(s) kept" if kept else ""))
+               f"{ok} new run(s) ok, {failed_now} failed" + (f", {len(kept)} known failure(s) kept" if kept else "")
+               + (f"; skipping {new.attrs['skipped']} stored configuration(s) (--force re-runs them)"
+                  if new.attrs.get("skipped") else ""))
     # print what this results folder measured itself: speed from another machine is not this one's
     here = store.measured_here(df)
     typer.echo(f"leaderboard of the runs measured here ({results_dir}), the requested budgets:")
@@ -159,10 +160,11 @@ def run(
     if plots:
         typer.echo(f"plots: {', '.join(str(p) for p in plots if p.suffix == '.png')}")
     if failed_now or kept:
-        failures = [r for r in new.to_dict("records") if r.get("status") != "ok"] + list(kept)
-        for r in failures[:10]:
+        failures = [(r, "") for r in new.to_dict("records") if r.get("status") != "ok"]
+        failures += [(r, " (failed before with this code, data and limits; --retry-failed re-runs it)") for r in kept]
+        for r, why in failures[:10]:
             first = str(r.get("error") or "").splitlines()[0][:200] if r.get("error") else ""
-            typer.echo(f"failed: {r.get('method')} {r.get('build_params')}: {r.get('status')}: {first}", err=True)
+            typer.echo(f"failed: {r.get('method')} {r.get('build_params')}: {r.get('status')}: {first}{why}", err=True)
         if len(failures) > 10:
             typer.echo(f"... and {len(failures) - 10} more failed configuration(s)", err=True)
         raise SystemExit(1)

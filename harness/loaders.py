@@ -138,7 +138,7 @@ def _synsets(root: Path) -> list[wordnet.Synset]:
 
 
 def _wordnet_collection(m: Manifest, lemmas: bool) -> TextCollection:
-    opts = {"documents": 20000, "queries": 1000, "train_queries": 2000, "seed": 0, **m.options}
+    opts = {"documents": 20000, "queries": 5000, "train_queries": 2000, "seed": 0, **m.options}
     root = wordnet.locate(cache_root())
     sp = wordnet.split(
         _synsets(root),

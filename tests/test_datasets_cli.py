@@ -231,7 +231,7 @@ def encoded_in_repo_cache(name: str) -> bool:
 
 @pytest.mark.parametrize(("name", "n", "nq", "extra"), [
     ("scifact", "5,183", "300", "judged queries:"),
-    ("wordnet-lemmas", "20,000", "1,000", "ood"),
+    ("wordnet-lemmas", "20,000", "5,000", "ood"),
 ])
 def test_info_on_encoded_text_sets_if_cached(monkeypatch, capsys, name, n, nq, extra, shared_data):
     monkeypatch.delenv("VECBUDGET_CACHE", raising=False)
