@@ -105,3 +105,15 @@ def test_an_unwritable_results_folder_is_refused_before_the_first_build(tmp_path
               env={"VECBUDGET_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 2 and "not writable" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "cache").exists()  # refused before any data were prepared
+
+
+def test_help_is_readable_in_an_80_column_terminal():
+    commands = [[], ["run"], ["leaderboard"], ["report"], ["plot"], ["check"], ["datasets", "info"],
+                ["datasets", "prepare"]]
+    for command in commands:
+        out = cli(*command, "--help", env={"COLUMNS": "80", "TERM": "dumb"})
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines and all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+        assert "…" not in out.stdout, command
+    assert "--at-n" in cli("leaderboard", "--help", env={"COLUMNS": "80"}).stdout
