@@ -489,47 +489,47 @@ def _one_line_usage_error(exc: Exception) -> int:
     return code if isinstance(code, int) and code else 2
 
 
-def _print_warnings(caught: list) -> None:
-    seen = set()
-    for w in caught:
-        text = " ".join(str(w.message).split())
+def _show_warnings_as_they_happen() -> None:
+    """Print each warning once, as one line on stderr, when it is raised (not after a long sweep)."""
+    import warnings
+
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = " ".join(str(message).split())
         if text not in seen:
             seen.add(text)
             typer.echo(f"warning: {text}", err=True)
 
+    warnings.showwarning = show
+    warnings.simplefilter("default")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
 
 def main() -> None:
-    import warnings
-
+    _show_warnings_as_they_happen()
     usage_errors = _usage_error_types()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        try:
-            code = app(standalone_mode=False)
-            code = code if isinstance(code, int) else 0
-        except VecbudgetError as exc:
-            _print_warnings(caught)
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except typer.Exit as exc:
-            code = exc.exit_code
-        except typer.Abort:
-            typer.echo("aborted", err=True)
-            code = 130
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            code = 130
-        except usage_errors as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()
-                code = 0
-            else:
-                code = _one_line_usage_error(exc)
-        finally:
-            pass
-    _print_warnings(caught)
+    try:
+        code = app(standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except VecbudgetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 2
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        code = 130
+    except usage_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            code = 0
+        else:
+            code = _one_line_usage_error(exc)
     sys.exit(code)
 
 

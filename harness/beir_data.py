@@ -2,18 +2,26 @@
 
 Documents are encoded as ``title + " " + text`` (stripped), as BEIR's SentenceBERT wrapper does.
 Training queries come from ``qrels/train.tsv`` (or ``dev.tsv``) when the folder has one.
+
+Beyond beir's loader: a qrels file without its header line keeps its first judgment; a line of
+``corpus.jsonl``/``queries.jsonl`` that is not JSON is named by file and line; empty documents or
+queries, repeated ids and queries without a positive judgment are counted in a
+:class:`~harness.datawarnings.DataWarning`; beir's progress bars are labelled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.datawarnings import check_text_collection, duplicates, warn
 from harness.errors import DataError, VecbudgetError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -30,17 +38,19 @@ class BeirCollection:
 
 
 @contextlib.contextmanager
-def _quiet(progress: bool):
-    """beir's corpus loader and downloader draw tqdm bars unconditionally; silence them unless asked."""
-    if progress:
-        yield
-        return
+def _quiet(progress: bool, label: str = "BEIR"):
+    """beir's corpus loader and downloader draw tqdm bars unconditionally and unlabelled:
+    silence them unless asked, and label them (``label``) when shown."""
     import beir.datasets.data_loader as loader_mod
     import beir.util as util_mod
 
     saved = [(mod, mod.tqdm) for mod in (loader_mod, util_mod) if hasattr(mod, "tqdm")]
+
+    def labelled(bar):  # beir labels its download bar with a temporary path, its corpus bar not at all
+        return lambda *args, **kw: bar(*args, **{**kw, "desc": label})
+
     for mod, bar in saved:
-        mod.tqdm = functools.partial(bar, disable=True)
+        mod.tqdm = labelled(bar) if progress else functools.partial(bar, disable=True)
     try:
         yield
     finally:
@@ -48,13 +58,67 @@ def _quiet(progress: bool):
             mod.tqdm = bar
 
 
-def _loader(folder: Path):
+def _loader(folder: Path, qrels_file: Path):
     try:
         from beir.datasets.data_loader import GenericDataLoader
     except ImportError as exc:
         raise VecbudgetError("BEIR collections need the 'beir' extra: pip install '.[beir]'") from exc
     logging.getLogger("beir").setLevel(logging.WARNING)
-    return GenericDataLoader(str(folder))
+    return GenericDataLoader(str(folder), qrels_file=str(qrels_file))
+
+
+def _first_line(file: Path) -> str:
+    with open(file, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                return line
+    return ""
+
+
+def qrels_has_header(file: Path) -> bool:
+    """Whether a qrels ``.tsv`` starts with a header line (``query-id corpus-id score``).
+
+    BEIR's loader always skips the first line; a file without a header would silently lose its
+    first judgment. A first line whose third column is a number is a judgment, not a header.
+    """
+    cols = _first_line(file).rstrip("\r\n").split("\t")
+    if len(cols) < 3:
+        return True
+    try:
+        float(cols[2])
+    except ValueError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _qrels_for_beir(file: Path):
+    """``file``, or a temporary copy with a header line prepended when it has none."""
+    if qrels_has_header(file):
+        yield file
+        return
+    with tempfile.TemporaryDirectory(prefix="vecbudget-qrels-") as tmp:
+        copy = Path(tmp) / file.name
+        with open(copy, "wb") as out, open(file, "rb") as src:
+            out.write(b"query-id\tcorpus-id\tscore\n")
+            shutil.copyfileobj(src, out)
+        yield copy
+
+
+def _bad_json_line(folder: Path) -> str | None:
+    """Where the first line of corpus.jsonl / queries.jsonl that is not valid JSON is (the order
+    beir reads them), as ``"<file>: line N ..."``; None if every line parses."""
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        file = folder / name
+        with open(file, encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    json.loads(line.rstrip("\r\n"))  # so a column points into this line
+                except json.JSONDecodeError as exc:
+                    what = ("is blank (every line must be one JSON object)" if not line.strip()
+                            else f"is not valid JSON: {exc.msg} at column {exc.colno}")
+                    return f"{file}: line {number} {what}"
+    return None
 
 
 def url_for(name: str) -> str:
@@ -81,7 +145,7 @@ def download(name: str, dest: Path, url: str | None = None, *, progress: bool = 
     try:
         logging.getLogger("beir").setLevel(logging.WARNING)
         try:
-            with _quiet(progress):
+            with _quiet(progress, f"download {name}"):
                 got = Path(util.download_and_unzip(url, str(tmp)))
         except Exception as exc:  # noqa: BLE001 - network, HTTP and zip errors alike
             raise DataError(
@@ -117,10 +181,11 @@ def load(folder: Path, split: str = "test", *, allow_unknown_qrels: bool = False
             raise DataError(f"{f}: empty file")
     qrels_file = folder / "qrels" / f"{split}.tsv"
     with open(qrels_file, encoding="utf-8", errors="replace") as fh:
-        rows = sum(1 for line in fh if line.strip()) - 1  # minus the header
+        rows = sum(1 for line in fh if line.strip()) - qrels_has_header(qrels_file)
     if rows < 1:
         raise DataError(f"{qrels_file}: empty split {split!r} — no judgments after the header line")
     corpus, queries, qrels = _load_split(folder, split, progress)
+    _warn_duplicates(folder, split, corpus, queries, rows, sum(len(r) for r in qrels.values()))
     if not corpus:
         raise DataError(f"{folder / 'corpus.jsonl'}: empty — no documents")
     if not queries:
@@ -151,15 +216,49 @@ def load(folder: Path, split: str = "test", *, allow_unknown_qrels: bool = False
     if missing_text:
         raise DataError(f"{folder / 'queries.jsonl'}: query {missing_text[0]!r} has no text")
     qrels_int = {q: {d: int(s) for d, s in rel.items()} for q, rel in qrels.items()}
-    return BeirCollection(doc_ids, doc_texts, query_ids, [queries[q] for q in query_ids], qrels_int, train_texts)
+    query_texts = [queries[q] for q in query_ids]
+    check_text_collection(str(folder), doc_ids, doc_texts, query_ids, query_texts, qrels_int,
+                          docs_name="documents (title and text)", queries_name=f"{split} queries")
+    return BeirCollection(doc_ids, doc_texts, query_ids, query_texts, qrels_int, train_texts)
+
+
+def _ids(file: Path) -> list[str]:
+    """The ``_id`` of every line of a BEIR ``.jsonl`` file (it has parsed once already)."""
+    with open(file, encoding="utf-8") as fh:
+        return [str(json.loads(line).get("_id")) for line in fh]
+
+
+def _warn_duplicates(folder: Path, split: str, corpus: dict, queries: dict, qrels_rows: int,
+                     judgments: int) -> None:
+    """beir reads each file into a dict, so a repeated id silently replaces the earlier entry:
+    warn with counts (the corpus is rescanned only when its line count shows a repeat)."""
+    corpus_file = folder / "corpus.jsonl"
+    with open(corpus_file, "rb") as fh:
+        lines = sum(1 for _ in fh)
+    if lines > len(corpus):
+        dup = duplicates(_ids(corpus_file))
+        warn(f"{corpus_file}: {lines - len(corpus):,} line(s) repeat the id of an earlier document "
+             f"({len(dup):,} id(s), e.g. {dup[0]!r}); only the last one with each id is kept", stacklevel=3)
+    query_file = folder / "queries.jsonl"
+    dup = [q for q in duplicates(_ids(query_file)) if q in queries]
+    if dup:
+        warn(f"{query_file}: {len(dup):,} {split} query id(s) occur on more than one line (e.g. "
+             f"{dup[0]!r}); only the last text with each id is kept", stacklevel=3)
+    if qrels_rows > judgments:
+        warn(f"{folder / 'qrels' / f'{split}.tsv'}: {qrels_rows - judgments:,} row(s) repeat an earlier "
+             f"(query, document) pair; the last score of each pair is kept", stacklevel=3)
 
 
 def _load_split(folder: Path, split: str, progress: bool) -> tuple[dict, dict, dict]:
     qrels_file = folder / "qrels" / f"{split}.tsv"
-    loader = _loader(folder)
     try:
-        with _quiet(progress):
-            return loader.load(split=split)
+        with (_qrels_for_beir(qrels_file) as readable, _quiet(progress, f"read {folder.name} corpus.jsonl [{split}]"),
+              warnings.catch_warnings()):
+            warnings.simplefilter("ignore", ResourceWarning)  # beir leaves its files to the collector
+            return _loader(folder, readable).load_custom()
+    except json.JSONDecodeError as exc:
+        where = _bad_json_line(folder)
+        raise DataError(where or f"{folder}: malformed BEIR .jsonl file ({exc})") from exc
     except KeyError as exc:
         raise DataError(f"{qrels_file}: names query id {exc.args[0]!r}, which is not in queries.jsonl") from exc
     except StopIteration as exc:

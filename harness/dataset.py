@@ -278,7 +278,12 @@ def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> Prep
     fp = identity(raw)
     target = cache_root / f"{raw.name}-{fp}"
     if (target / "meta.json").exists():
-        return PreparedDataset(target)
+        ds = PreparedDataset(target)
+        if warning := (ds.meta.get("shipped_gt") or {}).get("warning"):
+            from harness.datawarnings import warn
+
+            warn(warning)  # said again on every run of these data, not only the first
+        return ds
 
     mm = method_metric(raw.metric)
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -311,7 +316,7 @@ def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> Prep
             "shapes": shapes,
         }
         if raw.shipped_neighbors is not None:
-            meta["shipped_gt"] = verify_shipped(raw.shipped_neighbors, gt_ids, gt_dist)
+            meta["shipped_gt"] = verify_shipped(raw.shipped_neighbors, gt_ids, gt_dist, name=raw.name)
         del base
         if raw.qrels is not None:
             for stem, obj in (("qrels", raw.qrels), ("doc_ids", raw.doc_ids), ("query_ids", raw.query_ids)):

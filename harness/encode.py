@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,26 @@ def cache_key(texts: list[str], spec: EncoderSpec, role: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+PIECE_BATCHES = 8  # batches per encode call after the first: the bar moves every ~512 texts
+
+
+def _pieces(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The encode calls of one chunk of ``n`` texts: one batch first (its time gives the ETA of a
+    long encode), then up to ``PIECE_BATCHES`` batches per call (sentence-transformers sorts by
+    length within a call, so calls of several batches pad less). The same split whether or not
+    a run resumes, so embeddings do not depend on where an earlier run stopped."""
+    cuts = [0, min(n, batch_size), *range(batch_size + PIECE_BATCHES * batch_size, n, PIECE_BATCHES * batch_size), n]
+    return [(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def encode_texts(
     texts: list[str],
     spec: EncoderSpec,
@@ -148,7 +170,10 @@ def encode_texts(
     """Encode ``texts`` (role "query" or "document"), using and filling the cache.
 
     Returns the cached array memory-mapped (read-only): a collection larger than RAM is
-    assembled from its chunk files without being held in memory at once.
+    assembled from its chunk files without being held in memory at once. With ``progress`` the
+    bar (labelled ``desc``) moves every few batches, and before a long encode (more than one
+    batch to do) a line gives the number of texts, the model and an estimate of the time, from
+    the first batch.
     """
     if not texts:
         raise VecbudgetError(f"nothing to encode for {desc}: the {role} list is empty")
@@ -166,10 +191,13 @@ def encode_texts(
     parts = cache_dir / f"emb-{key}.parts"
     parts.mkdir(exist_ok=True)
     prompt = spec.prompt(role)
+    starts = range(0, len(texts), chunk)
+    pending = sum(min(chunk, len(texts) - s) for i, s in enumerate(starts) if not (parts / f"{i:06d}.npy").exists())
     bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+    announce = progress and pending > spec.batch_size  # a long encode: say what and how long
     files = []
     dim = 0
-    for i, start in enumerate(range(0, len(texts), chunk)):
+    for i, start in enumerate(starts):
         part = parts / f"{i:06d}.npy"
         batch = texts[start : start + chunk]
         emb = None
@@ -182,17 +210,29 @@ def encode_texts(
                 emb = None
         if emb is None:
             model = load_encoder(spec)
-            emb = model.encode(
-                [prompt + t for t in batch],
-                batch_size=spec.batch_size,
-                normalize_embeddings=spec.normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ).astype(np.float32)
+            pieces = []
+            for lo, hi in _pieces(len(batch), spec.batch_size):
+                t0 = time.perf_counter()
+                pieces.append(model.encode(
+                    [prompt + t for t in batch[lo:hi]],
+                    batch_size=spec.batch_size,
+                    normalize_embeddings=spec.normalize,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                ))
+                bar.update(hi - lo)
+                if announce:
+                    announce = False
+                    took = time.perf_counter() - t0
+                    bar.write(f"{desc}: {pending:,} texts with {spec.model} (max_length {spec.max_length}), "
+                              f"about {_duration(took * pending / (hi - lo))} (the first {hi - lo} took {took:.1f} s)",
+                              file=sys.stderr)
+            emb = np.concatenate(pieces).astype(np.float32)
             atomic_save_npy(part, emb)
+        else:
+            bar.update(len(batch))
         dim = emb.shape[1]
         files.append(part)
-        bar.update(len(batch))
     bar.close()
     with atomic_path(final, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))

@@ -84,11 +84,16 @@ _CHECK_CHUNK_BYTES = 64 << 20  # finiteness checks touch at most this much at a 
 
 
 def validate_vectors(x: Any, name: str, dim: int | None = None, *, chunk_rows: int | None = None) -> np.ndarray:
-    """Check that ``x`` is a non-empty, finite 2-D numeric array (of ``dim`` columns if given).
+    """Check that ``x`` is a non-empty, finite 2-D numeric array (of ``dim`` columns if given),
+    small enough for float32 arithmetic.
 
     ``name`` (a file name or a label such as ``"queries"``) starts every error message.
-    The finiteness check is vectorised and runs in chunks of rows (``chunk_rows``, else about
-    64 MiB), so a memory-mapped array is streamed rather than loaded. Returns ``x`` unchanged.
+    The finiteness and magnitude checks are vectorised and run in chunks of rows (``chunk_rows``,
+    else about 64 MiB), so a memory-mapped array is streamed rather than loaded. Vectors whose
+    squared norm (computed in float64) exceeds :data:`MAX_SQUARED_NORM` are refused: every
+    method and the exact ground truth compute in float32, where their distances and inner
+    products would overflow to inf and rank nonsense (a silent recall@10 of 0.1 on such data).
+    Returns ``x`` unchanged.
     """
     # any array-like with shape, ndim, dtype and row slicing (ndarray, memmap, chunked readers)
     if not all(hasattr(x, a) for a in ("shape", "ndim", "dtype", "__getitem__")):
@@ -104,8 +109,8 @@ def validate_vectors(x: Any, name: str, dim: int | None = None, *, chunk_rows: i
         raise DataError(f"{name}: empty — vectors have dimension 0 (shape {x.shape})")
     if dim is not None and d != dim:
         raise DataError(f"{name}: dimension mismatch — vectors have {d} dimensions, expected {dim}")
-    if x.dtype.kind == "f":
-        count, first = _nonfinite_rows(x, chunk_rows)
+    if x.dtype.kind == "f" or x.dtype.itemsize >= 8:  # int8..int32 rows cannot overflow float32
+        count, first, top, top_row = _scan_rows(x, chunk_rows)
         if count:
             rows = "row" if count == 1 else "rows"
             verb = "contains" if count == 1 else "contain"
@@ -113,21 +118,45 @@ def validate_vectors(x: Any, name: str, dim: int | None = None, *, chunk_rows: i
                 f"{name}: {count} {rows} of {n} {verb} NaN or infinite values "
                 f"(first at row {first})"
             )
+        if top > MAX_SQUARED_NORM:
+            scale = 10.0 ** np.ceil(np.log10(np.sqrt(top)))  # brings the largest norm to ≤ 1
+            raise DataError(
+                f"{name}: values too large for float32 arithmetic — row {top_row} has squared norm "
+                f"{top:.3g}, above the {MAX_SQUARED_NORM:.3g} limit (float32 max / {OVERFLOW_MARGIN:,.0f}); "
+                f"distances and inner products would overflow. Divide all vectors (base and queries) "
+                f"by a common factor such as {scale:.0e}: rankings under l2, ip and cosine are unchanged"
+            )
     return x
 
 
-def _nonfinite_rows(x: np.ndarray, chunk_rows: int | None = None) -> tuple[int, int]:
-    """(number of rows holding a NaN/inf, index of the first such row or -1), chunked."""
-    step = chunk_rows or max(1, _CHECK_CHUNK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
-    count, first = 0, -1
+#: Squared norms above float32 max / OVERFLOW_MARGIN are refused by :func:`validate_vectors`.
+#: A squared L2 distance is at most 4 × the larger squared norm (and faiss forms it as
+#: ‖x‖² + ‖q‖² − 2x·q); the rest of the margin leaves room for float32 sums over many rows
+#: (covariances, k-means objectives). It refuses norms above ~1.8e16, far beyond real embeddings.
+OVERFLOW_MARGIN = float(2**20)
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / OVERFLOW_MARGIN
+
+
+def _scan_rows(x: np.ndarray, chunk_rows: int | None = None) -> tuple[int, int, float, int]:
+    """One chunked pass: (rows holding a NaN/inf, first such row or -1, largest squared norm of
+    the finite rows computed in float64, its row)."""
+    step = chunk_rows or max(1, _CHECK_CHUNK_BYTES // max(1, x.shape[1] * 8))
+    count, first, top, top_row = 0, -1, 0.0, -1
     for s in range(0, x.shape[0], step):
-        bad = ~np.isfinite(x[s : s + step]).all(axis=1)
+        block = np.asarray(x[s : s + step], dtype=np.float64)
+        bad = ~np.isfinite(block).all(axis=1)
         c = int(np.count_nonzero(bad))
         if c:
             if first < 0:
                 first = s + int(np.argmax(bad))
             count += c
-    return count, first
+            block = np.where(bad[:, None], 0.0, block)
+        sq = np.einsum("ij,ij->i", block, block)
+        i = int(np.argmax(sq))
+        if sq[i] > top:
+            top, top_row = float(sq[i]), s + i
+    return count, first, top, top_row
+
 
 
 def check_same_dim(
@@ -602,13 +631,40 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = True) -> np.ndarray:
     """Load a ``.npy`` array (memory-mapped by default); DataError for truncated/invalid files."""
     p = Path(path)
     size = _require_file(p)
+    with open(p, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head != _NPY_MAGIC:
+        what = "this is a zip (.npz) archive" if head.startswith(b"PK") else f"this one starts with {head!r}"
+        raise DataError(
+            f"{p}: not a .npy array file — a .npy file starts with the bytes {_NPY_MAGIC!r}, but "
+            f"{what}; save the vectors with numpy.save (or use a suffix of the file's real format)"
+        )
     try:
+        header = _npy_dtype(p)
+        if header is not None and header.hasobject:
+            raise DataError(f"{p}: holds Python objects (dtype {header}), not numbers; save a numeric array")
         x = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{p}: corrupt or truncated .npy file ({size} bytes: {e})") from e
     if not isinstance(x, np.ndarray):
         raise DataError(f"{p}: not a .npy array")
     return x
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_dtype(p: Path) -> np.dtype | None:
+    """The dtype in a .npy header (None if the header cannot be read: np.load then says why)."""
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in reader:
+                return None
+            return reader[version](fh)[2]
+    except (ValueError, OSError, EOFError):
+        return None
 
 
 def read_npz(path: str | os.PathLike[str], *, key: str | None = None) -> np.ndarray:

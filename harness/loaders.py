@@ -196,7 +196,13 @@ def text_collection(m: Manifest, progress: bool = True) -> TextCollection:
     if m.format not in TEXT_COLLECTIONS:
         raise DataError(f"data set {m.name} (format {m.format!r}) is not a text collection; "
                         f"text formats: {', '.join(TEXT_COLLECTIONS)}")
-    return TEXT_COLLECTIONS[m.format](m, progress)
+    col = TEXT_COLLECTIONS[m.format](m, progress)
+    if m.format != "beir":  # beir_data.load checks BEIR folders itself
+        from harness.datawarnings import check_text_collection
+
+        check_text_collection(f"data set {m.name}", col.doc_ids, col.doc_texts, col.query_ids,
+                              col.query_texts, col.qrels)
+    return col
 
 
 def _build_text(m: Manifest, progress: bool) -> RawDataset:

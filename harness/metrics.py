@@ -1,7 +1,8 @@
 """Quality metrics, per query, so that aggregates and bootstrap intervals come from one place.
 
 * :func:`recall_with_ties` — big-ann-benchmarks' ID-based recall@k: the exact top-k set is
-  extended by every further neighbour whose distance ties the k-th (|Δ| < 1e-6).
+  extended by every further neighbour whose distance ties the k-th (|Δ| < 1e-6); when that tie
+  runs past the stored ground truth, a returned item whose true distance ties the k-th counts.
 * :func:`recall_by_distance` — ann-benchmarks' distance-threshold recall@k: a returned item counts
   when its true distance is at most the k-th exact distance + 1e-3.
 * :func:`qrels_metrics` — nDCG@10 and Recall@100 against relevance judgments with pytrec_eval,
@@ -16,14 +17,24 @@ from __future__ import annotations
 import numpy as np
 
 TIE_TOLERANCE = 1e-6
+OPEN_TIE_RTOL = 1e-5  # ~100 float32 ulps: faiss and pair_scores form the same distance differently
 DISTANCE_EPSILON = 1e-3
 
 
-def recall_with_ties(gt_ids: np.ndarray, gt_dist: np.ndarray, run_ids: np.ndarray, k: int) -> np.ndarray:
+def recall_with_ties(gt_ids: np.ndarray, gt_dist: np.ndarray, run_ids: np.ndarray, k: int,
+                     run_dist: np.ndarray | None = None) -> np.ndarray:
     """Per-query |run top-k ∩ tie-extended exact top-k| / k.
 
     ``gt_dist`` may be in any monotone convention (ascending or descending); ties are equality
     within 1e-6 of the k-th distance, as in big-ann-benchmarks.
+
+    The stored ground truth is finite (e.g. 128 neighbours). When the tie of the k-th distance
+    runs to its last stored neighbour, the tie set is *open*: further base vectors at exactly
+    that distance exist that the ground truth could not list (all-identical vectors are the
+    extreme case). ``run_dist``, the true scores of the returned items in the convention of
+    ``gt_dist`` (:func:`harness.groundtruth.pair_scores`), then decides: a returned id whose
+    score ties the k-th (within 1e-6, or a relative 1e-5 for float32 rounding between two ways of
+    computing the same distance) counts as a hit. Without ``run_dist`` only listed ids count.
     """
     nq, gt_k = gt_ids.shape
     if k > gt_k:
@@ -35,11 +46,21 @@ def recall_with_ties(gt_ids: np.ndarray, gt_dist: np.ndarray, run_ids: np.ndarra
     after = np.cumprod(tied[:, k:], axis=1).astype(bool)
     accept = np.concatenate([tied[:, :k], after], axis=1)
     run = run_ids[:, :k]
-    hits = np.zeros(nq)
+    hit = np.zeros(run.shape, dtype=bool)
     for i in range(nq):
-        truth = gt_ids[i, accept[i]]
-        hits[i] = np.isin(run[i][run[i] >= 0], truth).sum()
-    return hits / k
+        hit[i] = np.isin(run[i], gt_ids[i, accept[i]]) & (run[i] >= 0)
+    if run_dist is not None:
+        if run_dist.shape[0] != nq or run_dist.shape[1] < run.shape[1]:
+            raise ValueError(f"run_dist has shape {run_dist.shape}, run_ids {run_ids.shape}")
+        open_tie = accept[:, -1]
+        if open_tie.any():
+            rd = np.asarray(run_dist[:, : run.shape[1]], dtype=np.float64)
+            kth64 = np.asarray(kth, dtype=np.float64)
+            tol = np.maximum(TIE_TOLERANCE, OPEN_TIE_RTOL * np.abs(kth64))
+            with np.errstate(invalid="ignore"):
+                ties_kth = np.abs(rd - kth64) <= tol
+            hit |= open_tie[:, None] & ties_kth & (run >= 0)
+    return hit.sum(axis=1) / k
 
 
 def recall_by_distance(gt_true_dist: np.ndarray, run_true_dist: np.ndarray, k: int,

@@ -185,9 +185,11 @@ def _quality(ds: PreparedDataset, queries: np.ndarray, ids: np.ndarray, gt_true:
     """Per-query quality of one search's ids at the given cutoffs (and one judgment metric)."""
     out: dict[str, np.ndarray] = {}
     cosine = ds.metric == "cosine"
-    run_true = true_distance(pair_scores(ds.base, queries, ids, ds.method_metric), ds.method_metric, cosine=cosine)
+    scores = pair_scores(ds.base, queries, ids, ds.method_metric)
+    run_true = true_distance(scores, ds.method_metric, cosine=cosine)
     for c in cutoffs:
-        out[f"recall_at_{c}"] = recall_with_ties(ds.gt_ids, ds.gt_dist, ids, c)
+        # the returned items' own scores: a tie that runs past the stored ground truth still counts
+        out[f"recall_at_{c}"] = recall_with_ties(ds.gt_ids, ds.gt_dist, ids, c, run_dist=scores)
         out[f"recall_dist_at_{c}"] = recall_by_distance(gt_true, run_true, c)
     if qrels_metric and ds.has_qrels:
         out[qrels_metric] = qrels_metrics(ds.qrels, ids, ds.query_ids, ds.doc_ids)[qrels_metric]

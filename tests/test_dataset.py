@@ -1,10 +1,13 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from harness.dataset import PreparedDataset, RawDataset, prepare
+from harness.datawarnings import DataWarning
 from harness.errors import DataError
+from harness.groundtruth import exact_knn
 from harness.wordnet import parse_data_file, split
 from tests.conftest import clustered
 
@@ -100,3 +103,24 @@ def test_debian_wordnet_has_the_expected_size():
     synsets = load_synsets(DEBIAN_DIR)
     assert len(synsets) == 117659  # WordNet 3.0 synsets
     assert sum(bool(s.examples) for s in synsets) > 30000
+
+
+def test_shuffled_shipped_neighbours_are_warned_with_the_agreement_figure(tmp_path):
+    base, queries = clustered(300, 8, 100, seed=3)
+    truth = exact_knn(base, queries, 10, "l2")[1]
+    shuffled = truth[np.roll(np.arange(100), 1)]  # every row belongs to another query
+    with pytest.warns(DataWarning, match=r"only 0 of 100 checked rows \(0%"):
+        ds = prepare(raw(base=base, queries=queries, shipped_neighbors=shuffled), tmp_path, progress=False)
+    assert ds.meta["shipped_gt"]["rows_equal_up_to_ties"] == 0 and "warning" in ds.meta["shipped_gt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        good = prepare(raw(base=base, queries=queries * 1.01, shipped_neighbors=exact_knn(
+            base, queries * 1.01, 10, "l2")[1]), tmp_path, progress=False)
+    assert good.meta["shipped_gt"]["rows_equal_up_to_ties"] == 100 and "warning" not in good.meta["shipped_gt"]
+
+
+def test_huge_finite_values_are_refused_before_ground_truth(tmp_path):
+    base, queries = clustered(200, 8, 10)
+    with pytest.raises(DataError, match="toy base vectors: values too large for float32"):
+        prepare(raw(base=base * np.float32(1e19), queries=queries), tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []

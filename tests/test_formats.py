@@ -351,3 +351,36 @@ def test_write_converts_to_format_dtype(tmp_path: Path) -> None:
     got = read_vectors(write_vectors(tmp_path / "a.fbin", x64))
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, F32)
+
+
+# ------------------------------------------------------------------------------ odd data
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".fbin", ".hdf5"])
+def test_huge_finite_values_are_refused_before_float32_overflows(tmp_path: Path, suffix: str) -> None:
+    x = F32.copy()
+    x[17] *= np.float32(3e19)  # finite, but its squared norm overflows float32
+    path = write_vectors(tmp_path / f"huge{suffix}", x)
+    _raises([f"huge{suffix}", "too large for float32", "row 17", "overflow", "Divide all vectors"],
+            read_vectors, path)
+    validate_vectors(F32 * np.float32(1e12), "large but fine")  # squared norms ~1e25: accepted
+
+
+def test_float64_and_int64_values_beyond_float32_are_refused() -> None:
+    f64 = np.zeros((4, 3))
+    f64[2, 1] = 1e30  # finite in float64, inf once cast to float32
+    _raises(["f64", "too large for float32", "row 2"], validate_vectors, f64, "f64")
+    big = np.zeros((3, 4), np.int64)
+    big[1, 0] = 2**62
+    _raises(["i64", "too large for float32", "row 1"], validate_vectors, big, "i64")
+    validate_vectors(I32, "i32")  # 32-bit integers never overflow float32 squares
+
+
+def test_a_text_file_named_npy_says_it_is_not_an_npy_array(tmp_path: Path) -> None:
+    path = tmp_path / "base.npy"
+    path.write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")
+    msg = _raises(["base.npy", "not a .npy array file"], read_vectors, path)
+    assert "unsafe" not in msg and "allow_pickle" not in msg
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    msg = _raises(["obj.npy", "Python objects"], read_vectors, tmp_path / "obj.npy")
+    assert "unsafe" not in msg

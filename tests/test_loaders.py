@@ -6,18 +6,21 @@ import functools
 import gzip
 import http.server
 import json
+import re
 import shutil
 import socket
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from harness import beir_data, formats
 from harness import dataset as dataset_mod
-from harness import formats
 from harness.dataset import RawDataset, prepare, verify_shipped
+from harness.datawarnings import DataWarning
 from harness.encode import EncoderSpec, cache_key
 from harness.errors import DataError, UnknownNameError
 from harness.groundtruth import exact_knn
@@ -129,8 +132,10 @@ def test_hdf5_shipped_neighbours_that_are_wrong_are_reported(tmp_path, cache):
     nb[3] = nb[3][::-1]  # a wrong order (distances are distinct)
     file = tmp_path / "wrong.hdf5"
     formats.write_ann_hdf5(file, base, queries, nb, metric="euclidean")
-    ds = load_dataset(str(file), progress=False)
+    with pytest.warns(DataWarning, match=r"agree with the recomputed exact ground truth on only 7 of 8"):
+        ds = load_dataset(str(file), progress=False)
     assert ds.meta["shipped_gt"]["rows_equal_up_to_ties"] == 7
+    assert "7 of 8 checked rows" in ds.meta["shipped_gt"]["warning"]
 
 
 def test_manifest_with_npz_parquet_and_table_file_options(tmp_path, cache, manifest_dir):
@@ -223,9 +228,13 @@ def test_shipped_ground_truth_is_checked_on_a_sample_of_queries():
     dist = np.sort(rng.random((3000, 20)), axis=1)
     shipped = gt.copy()
     shipped[:, [0, 1]] = shipped[:, [1, 0]]  # every row wrong
-    out = verify_shipped(shipped, gt, dist, sample=500)
+    with pytest.warns(DataWarning, match=r"only 0 of 500 checked rows \(0%"):
+        out = verify_shipped(shipped, gt, dist, sample=500)
     assert out["rows_checked"] == 500 and out["rows"] == 3000 and out["rows_equal_up_to_ties"] == 0
-    assert verify_shipped(gt, gt, dist, sample=500)["rows_equal_up_to_ties"] == 500
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        good = verify_shipped(gt, gt, dist, sample=500)
+    assert good["rows_equal_up_to_ties"] == 500 and "warning" not in good
 
 
 # ------------------------------------------------------------------------------------------
@@ -558,3 +567,72 @@ def test_debian_fashion_mnist_files_load():
     raw = build_raw(m, progress=False)
     assert raw.base.shape == (60000, 784) and raw.queries.shape == (10000, 784)
     assert raw.base.dtype == np.uint8 and raw.metric == "l2"
+
+
+# ------------------------------------------------------------------------------------------
+# odd BEIR data: no silent losses, every quiet oddity counted
+
+
+def test_qrels_without_a_header_line_keep_their_first_judgment(tmp_path, cache):
+    folder = beir_folder(tmp_path)
+    (folder / "qrels" / "test.tsv").write_text("q1\td1\t1\nq2\td2\t2\n")  # no header line
+    col = beir_data.load(folder)
+    assert col.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2}} and col.query_ids == ["q1", "q2"]
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n")
+    assert beir_data.load(folder).qrels == col.qrels  # a header is still skipped
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ('{"_id": "d11", "text": "unterminated\n', r"corpus\.jsonl: line 11 is not valid JSON"),
+    ("\n", r"corpus\.jsonl: line 11 is blank"),
+])
+def test_a_malformed_corpus_line_is_named_by_file_and_line(tmp_path, cache, bad, message):
+    folder = beir_folder(tmp_path, docs=12)
+    lines = (folder / "corpus.jsonl").read_text().splitlines(keepends=True)
+    lines[10] = bad
+    (folder / "corpus.jsonl").write_text("".join(lines))
+    with pytest.raises(DataError, match=message):
+        beir_data.load(folder)
+
+
+def test_a_malformed_query_line_is_named_by_file_and_line(tmp_path, cache):
+    folder = beir_folder(tmp_path)
+    with open(folder / "queries.jsonl", "a") as f:
+        f.write("{not json}\n")
+    with pytest.raises(DataError, match=r"queries\.jsonl: line 3 is not valid JSON"):
+        beir_data.load(folder)
+
+
+def test_quiet_oddities_in_a_beir_folder_are_warned_with_counts(tmp_path, cache):
+    folder = beir_folder(tmp_path, docs=6, qrels="q1\td1\t1\nq1\td1\t1\nq2\td2\t0\n")
+    with open(folder / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "d7", "title": "", "text": " "}) + "\n")
+        f.write(json.dumps({"_id": "d8", "title": "", "text": ""}) + "\n")
+        f.write(json.dumps({"_id": "d3", "title": "again", "text": "a repeated id"}) + "\n")
+    with open(folder / "queries.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "q1", "text": "   "}) + "\n")  # q1 again, and empty
+    with pytest.warns(DataWarning) as caught:
+        col = beir_data.load(folder)
+    messages = [str(w.message) for w in caught]
+    expected = [
+        r"corpus\.jsonl: 1 line\(s\) repeat the id of an earlier document \(1 id\(s\), e\.g\. 'd3'\)",
+        r"queries\.jsonl: 1 test query id\(s\) occur on more than one line \(e\.g\. 'q1'\)",
+        r"qrels/test\.tsv: 1 row\(s\) repeat an earlier \(query, document\) pair",
+        r"2 of 8 documents \(title and text\) are empty \(e\.g\. 'd7', 'd8'\)",
+        r"1 of 2 test queries are empty \(e\.g\. 'q1'\)",
+        r"1 of 2 test queries have no positive judgment \(e\.g\. 'q2'\)",
+    ]
+    for pattern in expected:
+        assert any(re.search(pattern, m) for m in messages), (pattern, messages)
+    assert len(col.doc_ids) == 8
+    beir_folder(tmp_path / "clean")  # a clean folder loads without a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        beir_data.load(tmp_path / "clean" / "tinybeir")
+
+
+def test_beir_progress_bars_are_labelled(tmp_path, cache, capsys):
+    beir_data.load(beir_folder(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    assert "read tinybeir corpus.jsonl [test]" in err
+    assert not [line for line in err.replace("\r", "\n").splitlines() if line.lstrip().startswith(("0%", "100%"))]

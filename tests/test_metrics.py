@@ -59,3 +59,40 @@ def test_identical_ids_are_ignored_as_in_beir():
     assert out["ndcg_at_10"][0] == 1.0  # "x" itself is dropped, "y" moves to rank 1
     out = qrels_metrics(qrels, np.array([[0, 1]]), ["x"], ["x", "y"], ignore_identical_ids=False)
     assert out["ndcg_at_10"][0] < 1.0
+
+
+def test_recall_with_ties_counts_returned_ids_tying_an_open_tie():
+    # all-identical vectors: every distance ties, the 128 stored neighbours are an arbitrary
+    # subset of the tie; a method returning other (equally distant) ids is exact
+    gt_ids = np.arange(128)[None, :]
+    gt_dist = np.zeros((1, 128), np.float32)
+    run = np.arange(500, 510)[None, :]
+    tied = np.zeros((1, 10), np.float32)
+    assert recall_with_ties(gt_ids, gt_dist, run, 10, run_dist=tied)[0] == 1.0
+    assert recall_with_ties(gt_ids, gt_dist, run, 10)[0] == 0.0  # the old call: listed ids only
+    # returned ids farther than the k-th never count; -1 padding (NaN score) never counts
+    worse = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 0.5, np.nan]], np.float32)
+    run_pad = run.copy()
+    run_pad[0, 9] = -1
+    assert math.isclose(recall_with_ties(gt_ids, gt_dist, run_pad, 10, run_dist=worse)[0], 0.8)
+
+
+def test_recall_with_ties_closed_tie_ignores_run_distances():
+    # the tie at the k-th distance ends inside the stored list: it is complete, so an unlisted
+    # id (a wrong score, or a ground-truth miss) is not credited
+    gt_ids = np.array([[10, 11, 12, 13, 14]])
+    gt_dist = np.array([[0.1, 0.2, 0.3, 0.3, 0.5]])
+    run = np.array([[10, 11, 99]])
+    assert math.isclose(recall_with_ties(gt_ids, gt_dist, run, 3, run_dist=np.array([[0.1, 0.2, 0.3]]))[0], 2 / 3)
+
+
+def test_all_identical_vectors_score_full_recall_end_to_end(tmp_path):
+    from harness.dataset import RawDataset, prepare
+    from harness.groundtruth import pair_scores
+
+    for metric in ("l2", "cosine"):
+        base = np.full((400, 8), 0.5, np.float32)
+        ds = prepare(RawDataset(f"same-{metric}", base, base[:4].copy(), metric), tmp_path, progress=False)
+        run = np.tile(np.arange(300, 310), (4, 1))  # past the 128 stored neighbours
+        scores = pair_scores(ds.base, ds.queries, run, ds.method_metric)
+        assert recall_with_ties(ds.gt_ids, ds.gt_dist, run, 10, run_dist=scores).tolist() == [1.0] * 4
