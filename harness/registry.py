@@ -2,12 +2,18 @@
 
 Third-party packages add methods without editing this repository by declaring an entry point
 in the ``vecbudget.methods`` group that names a module; importing it runs its ``@register``.
+Plugins that are not installed as a package are named in the environment variable
+``VECBUDGET_PLUGINS``: module names or ``.py`` file paths, separated by ``os.pathsep`` (``:``).
+Worker processes inherit the environment, so they see the same methods as the command.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,6 +28,8 @@ _REGISTRY: dict[str, type[Method]] = {}
 UNAVAILABLE: dict[str, str] = {}
 _DISCOVERED = False
 ENTRY_POINT_GROUP = "vecbudget.methods"
+#: environment variable naming extra plugin modules or ``.py`` files, separated by ``os.pathsep``
+PLUGINS_ENV = "VECBUDGET_PLUGINS"
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -48,7 +56,30 @@ def discover() -> None:
             _import(f"methods.{info.name}", lambda n=info.name: importlib.import_module(f"methods.{n}"))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _import(ep.value, ep.load)
+    for spec in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(os.pathsep))):
+        _import(spec, lambda s=spec: _load_plugin(s))
     _DISCOVERED = True
+
+
+def _load_plugin(spec: str) -> None:
+    """Import a plugin named in ``VECBUDGET_PLUGINS``: a module name, or a path to a ``.py`` file."""
+    if not spec.endswith(".py"):
+        importlib.import_module(spec)
+        return
+    path = os.path.abspath(spec)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such plugin file: {path}")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if getattr(sys.modules.get(name), "__file__", None) == path:
+        return
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so pickled indexes of its methods resolve their class
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
 
 
 def _import(label: str, load) -> None:

@@ -80,8 +80,9 @@ class ResultStore:
         return sorted(p for p in self.runs.glob("*.parquet") if not is_temporary(p))
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete temporary part files left by writers that were killed mid-write."""
-        return remove_stale_temporaries(self.runs)
+        """Delete temporary part and raw files left by writers that were killed mid-write."""
+        raw = [p for d in sorted((self.root / "raw").glob("*/")) for p in remove_stale_temporaries(d)]
+        return remove_stale_temporaries(self.runs) + raw
 
     def load(self) -> pd.DataFrame:
         frames = []
