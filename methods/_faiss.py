@@ -16,6 +16,9 @@ from harness.method import MemoryAccount, Method
 
 #: faiss's own floor on k-means training points per centroid (below it faiss warns)
 MIN_POINTS_PER_CENTROID = 39
+#: faiss's ceiling (``ClusteringParameters.max_points_per_centroid``): k-means subsamples to
+#: 256 points per centroid, more training vectors only cost time
+MAX_POINTS_PER_CENTROID = 256
 
 
 def faiss_metric(metric: str) -> int:
@@ -94,6 +97,42 @@ def train_sample(x: np.ndarray, max_n: int, seed: int = 0) -> np.ndarray:
         return as_float32(x)
     rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_n, replace=False))
     return as_float32(x[rows])
+
+
+def codebook_training(n_train: int, ksub: int, cap: int | None = None) -> tuple[int, str]:
+    """What the data support for codebooks of ``ksub`` centroids: (sample size, note).
+
+    The sample is capped at faiss's 256 points per centroid (and ``cap``); with fewer than 39
+    per centroid (faiss's warning threshold) the note says that the codebooks fit noise. The note
+    is meant for the run's row (a method's ``training_notes``).
+    """
+    sample = min(int(n_train), MAX_POINTS_PER_CENTROID * ksub, int(cap) if cap else int(n_train))
+    per = n_train / max(ksub, 1)
+    note = f"codebooks of {ksub} centroids trained on {sample} of {n_train} vectors ({min(per, sample / ksub):.1f} per centroid)"
+    if n_train < MIN_POINTS_PER_CENTROID * ksub:
+        note += (f"; under faiss's {MIN_POINTS_PER_CENTROID} per centroid: the codebooks fit noise "
+                 f"(needs n ≥ {MIN_POINTS_PER_CENTROID * ksub})")
+    return sample, note
+
+
+def underfitted(n_train: int, ksub: int) -> bool:
+    """True when ``n_train`` vectors are fewer than faiss's 39 per centroid of ``ksub``."""
+    return n_train < MIN_POINTS_PER_CENTROID * ksub
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """One BLAS thread for loops of small dense algebra between faiss calls (OPQ's d×d SVDs and
+    rotations): OpenBLAS threads spin after each call and starve faiss's OpenMP threads; a
+    384×384 SVD was measured at 1.5 s instead of 0.05 s, an OPQ training (1,460 × 384, m = 128,
+    4-bit) at 33.5 s instead of 2.4 s on 2 cores — the cause of minute-long OPQ trainings."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 @contextlib.contextmanager
@@ -195,6 +234,20 @@ class FaissMethod(Method):
         # the harness sets expected_n (the size add() will see); the training set may be a sample
         self.index = self.make_index(int(self.expected_n or x.shape[0]))
         self.train_index(x)
+        self.note_pq_training(x.shape[0])
+
+    def note_pq_training(self, n_train: int) -> None:
+        """Set ``train_sample`` / ``training_notes`` for the index's product quantizer, if any
+        (faiss k-means subsamples to 256 points per centroid itself); other indexes: no note."""
+        if getattr(self, "training_notes", ""):
+            return  # the subclass said what it did
+        inner = faiss.downcast_index(self.index)
+        while isinstance(inner, (faiss.IndexPreTransform, faiss.IndexRefine)):
+            inner = faiss.downcast_index(inner.index if isinstance(inner, faiss.IndexPreTransform) else inner.base_index)
+        pq = getattr(inner, "pq", None)
+        if pq is None:
+            return
+        self.train_sample, self.training_notes = codebook_training(n_train, int(pq.ksub))
 
     def add(self, vectors: np.ndarray) -> None:
         x = as_float32(vectors)

@@ -23,8 +23,10 @@ Bytes per vector:
   shared = 4·nlist·d_c (centroids) + [PCA: 4·d·max(d_c, d_s) + 4·d];
 * adanns-opq: m + (4·256·d_p + 4·d_p² + [PCA: 4·d·d_p + 4·d])/n.
 
-Departures: post-hoc on frozen embeddings; no OPQ inside the IVF lists (the in-list scan is on
-d_s-dim floats, as in the paper's AdANNS-IVF without compression).
+Post-hoc: AdANNS needs a Matryoshka-trained encoder; the encoders here are not, so prefixes are
+taken in the data's PCA basis by default (``basis="pca"``), the closest post-hoc stand-in.
+Variants: none. The in-list scan is on d_s-dim floats, as in the paper's AdANNS-IVF without
+compression.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class AdANNSIVF(Method):
     family = "ivf"
     paper = PAPER
     bytes_formula = "d_s·s + 8 (id) + (4·nlist·d_c + [PCA] 4·d·max(d_c,d_s) + 4·d)/n"
+    post_hoc = ("the encoder is not Matryoshka-trained: prefixes are taken in the data's PCA basis "
+                "(basis='pca', the default grid); basis='raw' takes the paper's raw prefixes")
     build_grid = {
         "d_c": [32, 64],
         "d_s": [32, 64, 128, 256, 384],
@@ -136,6 +140,10 @@ class AdANNSIVF(Method):
         )
         with faiss_blas_always():
             km.train(zc)
+        sample, self.training_notes = _faiss.codebook_training(zc.shape[0], self.nlist)
+        self.train_sample = int(sample)  # faiss k-means subsamples to 256 points per centroid
+        self.training_notes = self.training_notes.replace("codebooks of", "coarse quantizer of").replace(
+            "the codebooks fit noise", "the lists fit noise")
         self.coarse.reset()
         self.coarse.add(km.centroids)
 
@@ -188,6 +196,8 @@ class AdANNSOPQ(ProjectedPQ):
     name = "adanns-opq"
     paper = PAPER
     bytes_formula = "m + (4·256·d_p + 4·d_p² + [PCA] 4·d·d_p + 4·d)/n"
+    post_hoc = ("the encoder is not Matryoshka-trained: prefixes are taken in the data's PCA basis "
+                "(basis='pca', the default grid); basis='raw' takes the paper's raw prefixes")
     dims_key = "d_p"
     build_grid = {"d_p": [32, 64, 128, 256, 384], "m": [8, 16, 32, 64], "basis": ["pca"]}
     search_grid: dict[str, list[Any]] = {}

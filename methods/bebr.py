@@ -34,9 +34,10 @@ This module is the training-free variant (the learned one is ``methods/bebr_lear
 
 Bytes per vector: ``u·bits·ceil(d/8) + 2u + 4`` (+ ``4d`` with re-rank) ``+ 4d/n`` (mean).
 
-Departures from the paper: no MLP (training-free; the paper learns the binarization and its
-reconstruction); the per-vector least-squares step scales (fp16) are our choice; SDC is computed
-by popcount/GEMM rather than with the paper's SIMD kernels, with identical scores.
+Post-hoc: this is the training-free stand-in for BEBR, not its recipe: no MLP (the paper learns
+the binarization and its reconstruction; ``bebr-learned`` does); the per-vector least-squares
+step scales (fp16) are our choice. Variants: none. SDC is computed by popcount/GEMM rather than
+with the paper's SIMD kernels, with identical scores.
 """
 
 from __future__ import annotations
@@ -280,6 +281,8 @@ class BEBRResidual(RecurrentBinaryIndex):
     paper = ("Gan et al., 'Binary Embedding-based Retrieval at Tencent', KDD 2023 (arXiv:2302.08714); "
              "training-free recurrent residual binarization with symmetric distance calculation")
     bytes_formula = "u·bits·ceil(d/8) + 2u (fp16 step scales) + 4 (aux) [+ 4d re-rank] + 4d/n (mean)"
+    post_hoc = ("training-free stand-in for BEBR: residual (recurrent) binarization with least-squares step "
+                "scales and no learned MLP; the learned recipe is bebr-learned")
     build_grid: ClassVar[dict[str, list[Any]]] = {"u": [1, 2, 4], "bits": [1, 2]}
 
     @classmethod

@@ -39,9 +39,9 @@ bytes per code, same kernels. Training (Adam, 150 steps of 32 anchors, seeded, P
 Bytes per vector: ``u·ceil(d/8) + 2u + 4 + 4·(d² + d + u·(2·h·d + h + d))/n`` (codes, fp16
 scales, aux scalar; shared: P, mean, the u MLPs of hidden size h, needed to encode queries).
 
-Departures from the paper: the paper trains a full MLP binarizer and an MLP reconstruction block
-end to end inside its retrieval system with a contrastive loss (and backward-compatible
-training); we keep the binarizer's residual MLP blocks but make the reconstruction an
+Post-hoc: the paper trains a full MLP binarizer and an MLP reconstruction block end to end
+inside its retrieval system with a contrastive loss (and backward-compatible training), which
+cannot run on frozen embeddings alone; we keep the binarizer's residual MLP blocks but make the reconstruction an
 orthogonal linear map so that SDC is exact, initialise from ITQ, and train briefly on the
 frozen embeddings only.
 """
@@ -92,6 +92,9 @@ class BEBRLearned(RecurrentBinaryIndex):
     paper = ("Gan et al., 'Binary Embedding-based Retrieval at Tencent', KDD 2023 (arXiv:2302.08714); "
              "learned recurrent binarization (residual MLP blocks, STE), SDC search")
     bytes_formula = "u·ceil(d/8) + 2u + 4 + 4·(d² + d + u·(2hd + h + d))/n"
+    post_hoc = ("trained briefly on the frozen embeddings only (no retrieval system, contrastive data or "
+                "backward-compatible training): the paper's residual MLP binarizer blocks with an orthogonal "
+                "linear reconstruction (so SDC is exact), initialised from ITQ")
     build_grid: ClassVar[dict[str, list[Any]]] = {"u": [1, 2, 4]}
     uses_train_queries = True
     hidden_default = 64

@@ -3,7 +3,9 @@
 Paper: no method paper; IEEE 754-2008 binary16, as implemented by faiss
 ``IndexScalarQuantizer(QT_fp16)`` (Douze et al., "The Faiss library", arXiv:2401.08281, 2024).
 Bytes per vector: 2·d (no trained parameters; the serialised header is ~100 bytes in all).
-Departures: none; distances are computed between the float32 query and the decoded fp16 vectors.
+
+Variants: none; this is the recipe. Distances are computed between the float32 query and the
+decoded fp16 vectors.
 """
 
 from __future__ import annotations

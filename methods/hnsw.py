@@ -16,7 +16,7 @@ Measured: ``index_file_size()`` (= the bytes ``save_index`` writes: header, the 
 of exactly n elements since max_elements = n, and every upper link list), split into codes
 (n·4·d) and structure (the rest).
 
-Departures / what is not counted: hnswlib's process bookkeeping outside that data structure —
+Variants: none; this is the recipe, with the authors' library. What is not counted: hnswlib's process bookkeeping outside that data structure —
 one std::mutex per element (40 B), the label→id hash map (~40 B per element), a pointer per
 element to its upper links (8 B), a visited-list pool (2 B per element per concurrent search)
 and 65 536 label-operation mutexes (2.6 MB) — is allocator/implementation overhead, about

@@ -14,7 +14,8 @@ Bytes per vector (faiss's HNSW layout):
 Measured: the serialised index (codes, ``hnsw.neighbors``/``offsets``/``levels``, the rest
 shared).
 
-Departures: none. efConstruction is fixed at 100 (faiss default 40); efSearch is the search grid.
+Variants: none; this is the recipe. efConstruction is fixed at 100 (faiss default 40); efSearch is
+the search grid.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ Scores returned without re-rank: Hamming distance (ascending) for ``l2`` and the
 product ``c - 2·Hamming`` (descending) for ``ip``.
 
 Bytes per vector: ``c/8`` (+ ``4d`` with re-rank) ``+ 4(d·c + d)/n`` (projection W·R and mean).
-Departures from the paper: none in the encoder; the paper evaluates Hamming ranking only, the
-re-rank option is ours.
+Variants: none in the encoder. The paper evaluates Hamming ranking only: that is the default
+(``rerank=0``, first in the grid); ``rerank > 0`` adds a float re-rank tier (a build grid value,
+reported beside it).
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ class ITQ(Method):
             xc = xc[np.sort(np.random.default_rng(0).choice(xc.shape[0], ROTATION_SAMPLE, replace=False))]
         r, self.losses = itq_rotation(xc @ w, self.n_iter)
         self.projection = (w @ r).astype(np.float32)
+        self.train_sample = int(xc.shape[0])
+        self.training_notes = (f"PCA on {train.shape[0]} vectors; rotation on {xc.shape[0]}, "
+                               f"{self.n_iter} ITQ iterations")
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Packed ITQ codes (n, c/8) uint8."""

@@ -10,7 +10,8 @@ nlist = clamp(round(c·√n), 1, n/39) with c from the build grid (n: the base s
 announces in ``expected_n``, else the training-set size).
 Bytes per vector: 4·d + 8 (int64 id in its list) + nlist·(4·d + 8)/n (centroids, list sizes).
 
-Departures: none. nprobe larger than nlist is clamped to nlist (exhaustive, exact search).
+Variants: none; this is the recipe. nprobe larger than nlist is clamped to nlist (exhaustive,
+exact search).
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ nlist = clamp(round(c·√n), 1, n/39) with c = ``nlist_c`` (n: the announced ba
 Bytes per vector: m + 8 (id) + 4·d if refine + (nlist·(4·d + 8) + 256·d·4)/n (centroids, list
 sizes, PQ codebooks).
 
-Departures: faiss's precomputed residual tables (nlist·m·256 floats, larger than the codes at
-our n) are disabled (``use_precomputed_table = -1``) so that RAM is what the formula says;
-search computes the tables per probed list instead (slower, same results).
+The recipe is ``refine=False`` (IVFADC); ``refine=True`` adds the re-ranking tier (a build grid
+value, reported beside it). Variants: none. Implementation note (results unchanged): faiss's
+precomputed residual tables (nlist·m·256 floats, larger than the codes at our n) are disabled
+(``use_precomputed_table = -1``) so that RAM is what the formula says; search computes the tables
+per probed list instead (slower, same results).
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ Bytes per vector: primary (LVQ-8: k + 4, float16: 2k) + secondary (LVQ-8: d + 4,
 float32: 4d) + shared/n, shared = projection matrices (ID: 4·d·k, OOD: 8·d·k) + the LVQ means
 (4·k for an LVQ primary, 4·d for an LVQ secondary).
 
-Departures: flat scan of the primary vectors instead of the paper's graph; post-hoc on frozen
-embeddings (as in the paper).
+Post-hoc: the primary vectors are scanned exhaustively (flat) instead of through the paper's
+graph (Intel's SVS is not installed here). Variants: none. The projections are learned on frozen
+embeddings, as in the paper.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ class _Copy:
 class _LeanVecBase(Method):
     family = "dim-reduction"
     paper = PAPER
+    post_hoc = "the reduced primary vectors are scanned exhaustively (flat), not through the paper's graph (SVS)"
     build_grid = {
         "k": [16, 32, 64, 96, 128, 192],
         "primary": ["lvq8", "fp16"],

@@ -23,8 +23,11 @@ most 16,384 vectors, with 10 k-means iterations the first time and 2 warm-starte
 Bytes per vector: m + shared/n, shared = 4·d·d' + 4·d (PCA matrix, mean) + 4·d'² (OPQ rotation,
 if any) + 4·256·d' (PQ centroids).
 
-Departures: the projection and quantizer are learned post hoc on frozen embeddings; no
-re-ranking and no inverted index (flat ADC scan).
+Post-hoc: the low-rank projection and the quantizer are learned on frozen embeddings (no encoder
+training). Variants: none. No re-ranking and no inverted index (flat ADC scan). Training work is
+capped by what the data support (``training_notes``): at most 256 vectors per centroid and
+16,384 in all; with fewer than 39 per centroid (under 9,984 vectors for 256 centroids) the
+codebooks fit noise and OPQ runs only 2 alternations.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import numpy as np
 
 from harness.method import MemoryAccount, Method
 from harness.registry import register
+from methods._faiss import codebook_training, single_blas_thread, underfitted
 from methods._lvq_codec import PrefixBasis, faiss_blas_always, set_threads
+from methods.opq_pq import OPQ_NOISE_ITERATIONS
 
 KSUB = 256  # 8-bit sub-quantizers
 OPQ_NITER = 10
@@ -92,14 +97,14 @@ def pq_decode(codes: np.ndarray, cent: np.ndarray) -> np.ndarray:
     return np.concatenate([cent[j][codes[:, j]] for j in range(m)], axis=1)
 
 
-def opq_train(z: np.ndarray, m: int, seed: int = 1234) -> np.ndarray:
+def opq_train(z: np.ndarray, m: int, seed: int = 1234, niter: int = OPQ_NITER) -> np.ndarray:
     """OPQ (non-parametric) rotation R, d×d orthonormal, applied as z·R."""
     d = z.shape[1]
     rng = np.random.default_rng(seed)
     r, _ = np.linalg.qr(rng.normal(size=(d, d)))
     cent = None
     z64 = z.astype(np.float64)
-    for it in range(OPQ_NITER):
+    for it in range(niter):
         x = (z64 @ r).astype(np.float32)
         cent = pq_train(x, m, OPQ_KMEANS_NITER0 if it == 0 else OPQ_KMEANS_NITER, seed, init=cent)
         y = pq_decode(pq_encode(x, cent), cent).astype(np.float64)
@@ -166,11 +171,16 @@ class ProjectedPQ(Method):
             raise ValueError(
                 f"{self.name} needs at least {KSUB} training vectors, got {z.shape[0]}"
             )
-        if z.shape[0] > MAX_TRAIN:
-            z = z[np.random.default_rng(0).choice(z.shape[0], MAX_TRAIN, replace=False)]
-        with faiss_blas_always():
+        n_train = z.shape[0]
+        sample, self.training_notes = codebook_training(n_train, KSUB, MAX_TRAIN)
+        if n_train > sample:
+            z = z[np.random.default_rng(0).choice(n_train, sample, replace=False)]
+        self.train_sample = int(sample)
+        niter = min(OPQ_NITER, OPQ_NOISE_ITERATIONS) if underfitted(n_train, KSUB) else OPQ_NITER
+        with faiss_blas_always(), single_blas_thread():  # spinning BLAS threads starve faiss's OpenMP
             if self.rotation == "opq":
-                self.rot = opq_train(z, self.m)
+                self.rot = opq_train(z, self.m, niter=niter)
+                self.training_notes += f"; {niter} OPQ alternations"
             cent = pq_train(self._map(z), self.m, KMEANS_NITER)
         faiss.copy_array_to_vector(cent.ravel(), self.index.pq.centroids)
         self.index.is_trained = True
@@ -225,5 +235,6 @@ class LR2VQ(ProjectedPQ):
         "PQ (Jégou, Douze, Schmid, TPAMI 2011)"
     )
     bytes_formula = "m + (4·d·d' + 4·d + [4·d'² OPQ] + 4·256·d')/n"
+    post_hoc = "projection and PQ are learned on the frozen embeddings (no encoder training)"
     build_grid = {"d_proj": [32, 64, 128, 256], "m": [4, 8, 16, 32, 64], "rotation": ["pca", "opq"]}
     search_grid: dict[str, list[Any]] = {}

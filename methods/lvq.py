@@ -26,8 +26,9 @@ LVQ-4, LVQ-8, LVQ-4x4, LVQ-4x8, LVQ-8x8.
 Bytes per vector: ceil(d·B1/8) + 4 (two float16 constants) [+ ceil(d·B2/8)] + 4·d/n (the float32
 mean, shared).
 
-Departures from the paper: the search here is a flat scan, not the paper's graph (Vamana) index;
-codes are not padded to SVS's 32-byte alignment; ℓ is rounded down and Δ up to float16 *before*
+Post-hoc: the search here is a flat scan of the codes, not the paper's graph (Vamana) index:
+Intel's SVS is not installed here, and the scan measures the codec's quality without the graph's
+own approximation. Variants: none. Implementation notes: codes are not padded to SVS's 32-byte alignment; ℓ is rounded down and Δ up to float16 *before*
 encoding, so the per-coordinate error bound Δ/2 holds exactly for the stored Δ (SVS rounds after
 encoding). Scores are those of the LVQ reconstruction (exact IP / squared L2 to x̂).
 """
@@ -56,6 +57,7 @@ class LVQ(Method):
     family = "scalar"
     paper = PAPER
     bytes_formula = "ceil(d·B1/8) [+ ceil(d·B2/8)] + 4 (float16 ℓ, Δ) + 4·d/n (mean)"
+    post_hoc = "the paper's LVQ codes are scanned exhaustively (flat), not through its Vamana graph (SVS)"
     build_grid = {"bits1": [4, 8], "bits2": [0, 4, 8]}
     search_grid = {"rerank_factor": [1, 2, 4, 8]}
 

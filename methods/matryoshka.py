@@ -22,8 +22,12 @@ uses BLAS (``faiss.knn``). Every stored dimension counts.
 Bytes per vector: d'·s (s = 4 for float32, 2 for float16) + shared/n with shared = 4·d·d' + 4·d
 for the PCA basis (projection matrix and mean), 0 for the raw basis. The funnel stores D dims.
 
-Departures: post-hoc on frozen embeddings (MRL trains the encoder); flat scans instead of the
-paper's exact/HNSW search.
+Post-hoc: MRL trains the encoder with the Matryoshka loss; the encoders here (all-MiniLM-L6-v2)
+are not Matryoshka-trained, so the recipe cannot run. ``mrl-prefix`` truncates the frozen
+embeddings as MRL does (without the loss that makes prefixes good), ``pca-prefix`` and the
+funnel's default ``basis="pca"`` take prefixes in the data's PCA basis, the closest post-hoc
+stand-in. Variants: none. Prefixes are scanned exhaustively (exact search, as the paper's
+retrieval evaluation).
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ class MRLPrefix(_Prefix):
     name = "mrl-prefix"
     bytes_formula = "d'·s (s = 4 float32 | 2 float16)"
     basis = "raw"
+    post_hoc = ("the encoder is not Matryoshka-trained (all-MiniLM-L6-v2): its raw prefixes are truncated "
+                "as MRL does, without the Matryoshka loss that makes prefixes good")
 
 
 @register
@@ -147,6 +153,8 @@ class PCAPrefix(_Prefix):
     name = "pca-prefix"
     bytes_formula = "d'·s (s = 4 float32 | 2 float16) + (4·d·d' + 4·d)/n (PCA matrix, mean)"
     basis = "pca"
+    post_hoc = ("not the paper's method: the encoder is not Matryoshka-trained, so prefixes are taken in the "
+                "data's PCA basis (first d' principal components), the post-hoc stand-in for MRL prefixes")
 
 
 def funnel_schedule(d0: int, dims: int, k: int, shortlist: int) -> list[tuple[int, int]]:
@@ -167,6 +175,8 @@ class MRLFunnel(_Prefix):
 
     name = "mrl-funnel"
     bytes_formula = "D·s (all stored dims) + (4·d·D + 4·d)/n for the PCA basis"
+    post_hoc = ("the encoder is not Matryoshka-trained: the funnel's prefixes are taken in the data's PCA "
+                "basis (basis='pca', the default grid); basis='raw' runs the paper's raw prefixes")
     build_grid = {
         "dims": [32, 64, 128, 192, 256, 384],
         "dtype": ["fp16", "float32"],

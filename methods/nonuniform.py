@@ -18,9 +18,9 @@ kvquant-nuq
       all d values are coded (the outlier positions' dense codes are overwritten at decode).
 
     Bytes per vector: ``ceil(d·b/8) + 4·ceil(f·d) + (4·d·2^b + 16·d)/n`` (level table and its
-    offsets). Departures: KVQuant's k-means is sensitivity-weighted (Fisher information of the
+    offsets). Post-hoc: KVQuant's k-means is sensitivity-weighted (Fisher information of the
     LLM loss); embeddings have no downstream loss here, so it is unweighted ("sensitivity-free",
-    as the paper's ablation); its keys are quantized pre-RoPE per channel and its values per
+    as the paper's ablation). Adaptations to embeddings (no variants): its keys are quantized pre-RoPE per channel and its values per
     token, which has no counterpart for embeddings; outliers use a fixed count per vector (so the
     size is exact) ranked by per-dimension-normalised deviation, where the paper thresholds
     per-channel (keys) or per-token (values) percentiles.
@@ -35,9 +35,10 @@ nupes
     ``a = 1`` is plain min/max uniform scalar quantization.
 
     Bytes per vector: ``ceil(d·b/8) + 4·(3d + 1)/n`` (mean, range start, step per dimension and
-    the exponent; the decoding table is derived from them at query time). Departures: the paper
-    searches the exponent by gradient descent jointly with the rounding of LLM weights; we use a
-    grid search on the reconstruction MSE of frozen embeddings.
+    the exponent; the decoding table is derived from them at query time). Post-hoc: the paper
+    searches the exponent by gradient descent jointly with the rounding of LLM weights, against
+    the network's loss; there is no network here, so the exponent is grid-searched for the least
+    reconstruction MSE of the frozen embeddings. Variants: none.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class KVQuantNUQ(_LevelCoded):
     paper = ("Hooper et al., 'KVQuant: Towards 10 Million Context Length LLM Inference with KV Cache "
              "Quantization', NeurIPS 2024 (per-channel NUQ + dense-and-sparse outliers)")
     bytes_formula = "ceil(d·b/8) + 4·ceil(f·d) (fp16 value + uint16 index per outlier) + (4·d·2^b + 16·d)/n"
+    post_hoc = ("no LLM loss here: KVQuant's sensitivity-weighted (Fisher) k-means runs unweighted, the "
+                "paper's sensitivity-free ablation; a channel is an embedding dimension, outliers a fixed count "
+                "per vector")
     build_grid: ClassVar[dict[str, list[Any]]] = {"bits": [2, 3, 4, 8], "outlier_frac": [0.01]}
 
     @classmethod
@@ -241,6 +245,8 @@ class NUPES(_LevelCoded):
     paper = ("Yvinec, Dapogny, Bailly, 'NUPES: Non-Uniform Post-Training Quantization via Power "
              "Exponent Search', 2023 (arXiv:2308.05600)")
     bytes_formula = "ceil(d·b/8) + 4·(3d + 1)/n (mean, start, step per dimension; exponent)"
+    post_hoc = ("no network or loss here: the power exponent is grid-searched for the least reconstruction "
+                "MSE of the frozen embeddings instead of learned by gradient descent with the rounding")
 
     @classmethod
     def bytes_per_vector(cls, dim: int, n: int, **build_params: Any) -> float:

@@ -9,7 +9,8 @@ OSQ quantizes every vector to a fixed budget of ``bits_per_vector`` bits:
 1. KLT: centre on the training mean and rotate onto the principal axes (PCA), which decorrelates
    the dimensions and concentrates the variance in the leading ones;
 2. non-uniform bit allocation: greedily, each of the B bits goes to the dimension whose
-   quantizer gains the most, i.e. the largest drop of the expected distortion
+   quantizer gains the most: by SQUASH's Gaussian model (the recipe, below), or (variant) the
+   largest drop of the expected distortion
    ``D_j(b_j) - D_j(b_j + 1)``; ``D_j(b)`` is the mean squared error of the b-bit Lloyd-Max
    quantizer of dimension j on the training sample (``D_j(0)`` its variance); at most 8 bits
    per dimension, so ``B <= 8d``; the allocation sums exactly to B;
@@ -28,13 +29,16 @@ bit), ``L = sum_j 2^{b_j}`` float32 levels and 16 bytes of table offsets per kep
 on the data; the formula uses the even split ``m·2^{B/m}``, a lower bound that is within a few
 bytes of the truth at every budget.
 
-Departures from the paper: SQUASH's distributed / serverless search, attribute filtering,
-segment-based storage and multi-level search (lower/upper distance bounds from the cell
-boundaries, then exact re-ranking) are out of scope; here the ADC against the Lloyd-Max
-reconstruction levels is the whole search, computed by block decode + GEMM. The official code
-allocates bits greedily on a Gaussian model (a dimension's energy is divided by 4 per bit it
-receives); we use the measured Lloyd-Max distortions of the training sample, which agree with
-that model on Gaussian data and follow the data otherwise.
+The recipe (default, ``variant="paper"``) allocates the bits as the official code does: greedily
+on a Gaussian model, a dimension's energy (its variance) divided by 4 per bit it receives.
+Variants: ``variant="measured-allocation"`` uses the measured Lloyd-Max distortion drops of the
+training sample instead (step 2 above), which agree with that model on Gaussian data and follow
+the data otherwise.
+
+Scope: SQUASH's distributed / serverless search, attribute filtering, segment-based storage and
+multi-level search (lower/upper distance bounds from the cell boundaries, then exact re-ranking)
+are not part of the quantizer and are out of scope; here the ADC against the Lloyd-Max
+reconstruction levels is the whole search, computed by block decode + GEMM.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.method import MemoryAccount, Method, nbytes
+from harness.method import PAPER_VARIANT, MemoryAccount, Method, nbytes
 from harness.registry import register
 from methods import _bits
 from methods.itq import pca_basis
@@ -53,16 +57,27 @@ MAX_BITS_PER_DIM = 8
 TRAIN_SAMPLE = 10000
 
 
-def greedy_allocation(samples: np.ndarray, total_bits: int,
-                      max_bits: int = MAX_BITS_PER_DIM) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+GAUSSIAN = "gaussian"
+MEASURED = "measured"
+
+
+def greedy_allocation(samples: np.ndarray, total_bits: int, max_bits: int = MAX_BITS_PER_DIM,
+                      rule: str = MEASURED) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Greedy bit allocation over the columns of ``samples`` (n, m) and their Lloyd-Max levels.
 
     Returns (bits per dimension (m,), sorted levels per dimension, MSE per dimension). Each of the
-    ``total_bits`` steps gives one bit to the dimension with the largest drop of its Lloyd-Max MSE
-    ``D_j(b_j) - D_j(b_j + 1)`` (``D_j(0)``: the variance). The b-bit quantizers of all dimensions
-    are computed together (vectorised Lloyd, warm-started by splitting the (b-1)-bit levels),
-    only up to the depth the allocation reaches.
+    ``total_bits`` steps gives one bit to the dimension whose next bit gains the most:
+
+    * ``rule="gaussian"`` (SQUASH's code): the dimension of largest energy, a dimension's energy
+      (its variance) divided by 4 for every bit it has received (the 6 dB-per-bit model);
+    * ``rule="measured"``: the largest drop of its Lloyd-Max MSE ``D_j(b_j) - D_j(b_j + 1)``
+      (``D_j(0)``: the variance) on the sample.
+
+    The b-bit quantizers of all dimensions are computed together (vectorised Lloyd, warm-started
+    by splitting the (b-1)-bit levels), only up to the depth the allocation reaches.
     """
+    if rule not in (GAUSSIAN, MEASURED):
+        raise ValueError(f"rule must be {GAUSSIAN!r} or {MEASURED!r}, not {rule!r}")
     cs = _bits.ColumnSamples(samples)
     m = cs.m
     if total_bits > max_bits * m:
@@ -78,16 +93,27 @@ def greedy_allocation(samples: np.ndarray, total_bits: int,
             mse_tab.append(mse)
 
     bits = np.zeros(m, dtype=np.int64)
-    ensure(1)
-    heap = [(-(mse_tab[0][j] - mse_tab[1][j]), j) for j in range(m)]  # largest gain pops first
-    heapq.heapify(heap)
-    for _ in range(total_bits):
-        _, j = heapq.heappop(heap)
-        bits[j] += 1
-        b = int(bits[j])
-        if b < max_bits:
-            ensure(b + 1)
-            heapq.heappush(heap, (-(mse_tab[b][j] - mse_tab[b + 1][j]), j))
+    if rule == GAUSSIAN:
+        energy = mse_tab[0].astype(np.float64)
+        heap = [(-float(energy[j]), j) for j in range(m)]  # largest energy pops first
+        heapq.heapify(heap)
+        for _ in range(total_bits):
+            neg, j = heapq.heappop(heap)
+            bits[j] += 1
+            if bits[j] < max_bits:
+                heapq.heappush(heap, (neg / 4.0, j))
+        ensure(int(bits.max()))
+    else:
+        ensure(1)
+        heap = [(-(mse_tab[0][j] - mse_tab[1][j]), j) for j in range(m)]  # largest gain pops first
+        heapq.heapify(heap)
+        for _ in range(total_bits):
+            _, j = heapq.heappop(heap)
+            bits[j] += 1
+            b = int(bits[j])
+            if b < max_bits:
+                ensure(b + 1)
+                heapq.heappush(heap, (-(mse_tab[b][j] - mse_tab[b + 1][j]), j))
     levels = [np.asarray(lv_tab[b][j], dtype=np.float32) for j, b in enumerate(bits)]
     mse = np.array([mse_tab[b][j] for j, b in enumerate(bits)])
     return bits, levels, mse
@@ -102,7 +128,13 @@ class OSQ(Method):
              "non-uniform bit allocation + per-dimension Lloyd-Max quantizers)")
     bytes_formula = "ceil(B/8) + 4·(m·d + d + L)/n + 16·m/n, m = min(d, B) KLT rows, L = sum_j 2^b_j levels"
     build_grid: ClassVar[dict[str, list[Any]]] = {
-        "bits_per_vector": [64, 128, 256, 512, 1024, 2048, 3072]
+        "variant": [PAPER_VARIANT, "measured-allocation"],
+        "bits_per_vector": [64, 128, 256, 512, 1024, 2048, 3072],
+    }
+    variants: ClassVar[dict[str, str]] = {
+        "measured-allocation": "bits allocated by the measured Lloyd-Max distortion drops of the training "
+                               "sample instead of SQUASH's Gaussian model (energy ÷ 4 per bit); same "
+                               "on Gaussian data, follows the data otherwise",
     }
 
     @classmethod
@@ -119,13 +151,15 @@ class OSQ(Method):
     @classmethod
     def is_valid(cls, dim: int, **build_params: Any) -> bool:
         b = int(build_params.get("bits_per_vector", 256))
-        return 1 <= b <= MAX_BITS_PER_DIM * dim
+        return 1 <= b <= MAX_BITS_PER_DIM * dim and cls.variant_of(build_params) in (PAPER_VARIANT, *cls.variants)
 
     def __init__(self, dim: int, metric: str, **build_params: Any):
         super().__init__(dim, metric, **build_params)
         self.total_bits = int(build_params.get("bits_per_vector", 256))
-        if not self.is_valid(dim, bits_per_vector=self.total_bits):
-            raise ValueError(f"osq needs 1 <= bits_per_vector <= {MAX_BITS_PER_DIM * dim}")
+        self.variant = self.variant_of(build_params)
+        if not self.is_valid(dim, bits_per_vector=self.total_bits, variant=self.variant):
+            raise ValueError(f"osq needs 1 <= bits_per_vector <= {MAX_BITS_PER_DIM * dim} and variant in "
+                             f"{[PAPER_VARIANT, *self.variants]}")
         self.mean: np.ndarray | None = None
         self.klt: np.ndarray | None = None  # (d, m) leading principal axes
         self.table: _bits.LevelTable | None = None
@@ -140,7 +174,9 @@ class OSQ(Method):
             rows = np.random.default_rng(0).choice(train.shape[0], TRAIN_SAMPLE, replace=False)
             train = train[np.sort(rows)]
         y = (train - self.mean) @ self.klt
-        _, levels, _ = greedy_allocation(y, self.total_bits)
+        rule = GAUSSIAN if self.variant == PAPER_VARIANT else MEASURED
+        _, levels, _ = greedy_allocation(y, self.total_bits, rule=rule)
+        self.train_sample = int(train.shape[0])
         self.table = _bits.LevelTable(levels)
 
     @property

@@ -11,10 +11,11 @@ Bytes per vector: m·nbits/8 + 2^nbits·d·4/n (codebooks: 2^nbits centroids of 
 sub-space, shared). Fast scan stores codes in blocks of 32 vectors, so its code term is
 ⌈n/32⌉·32·⌈m/2⌉/n.
 
-Departures: none from the paper's ADC search. Fast scan quantizes the lookup tables to 8 bits
-(as André et al. do), which costs a little accuracy against exact 4-bit ADC. Codebooks are
-trained on the harness's training sample (faiss k-means, 25 iterations, ≤ 256 points per
-centroid).
+Variants: none; this is the recipe (exhaustive ADC search). Fast scan quantizes the lookup tables
+to 8 bits (as André et al. do), which costs a little accuracy against exact 4-bit ADC. Codebooks
+are trained on the harness's training sample (faiss k-means, 25 iterations, ≤ 256 points per
+centroid); ``training_notes`` says how many vectors per centroid the data gave, and flags
+codebooks trained on fewer than faiss's 39 per centroid (they fit noise).
 """
 
 from __future__ import annotations

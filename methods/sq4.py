@@ -4,7 +4,9 @@ trained minimum and maximum; two codes per byte.
 Paper: per-dimension uniform scalar quantization as in faiss ``IndexScalarQuantizer(QT_4bit)``
 (Douze et al., "The Faiss library", arXiv:2401.08281, 2024).
 Bytes per vector: ⌈d/2⌉ + 8·d/n (per-dimension min and range as float32, shared).
-Departures: none (faiss defaults: range = [min, max] of the training vectors per dimension).
+
+Variants: none; this is the recipe (faiss defaults: range = [min, max] of the training vectors per
+dimension).
 """
 
 from __future__ import annotations

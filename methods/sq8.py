@@ -7,7 +7,9 @@ Shakir, Aarsen & Lee, "Binary and Scalar Embedding Quantization", Hugging Face b
 same scheme with calibration ranges).
 Bytes per vector: d + 8·d/n (one byte per dimension; per-dimension min and range as float32,
 shared).
-Departures: none (faiss defaults: range = [min, max] of the training vectors per dimension).
+
+Variants: none; this is the recipe (faiss defaults: range = [min, max] of the training vectors per
+dimension).
 """
 
 from __future__ import annotations

@@ -149,15 +149,18 @@ def test_binary_rescore(tiny, metric):
     assert none.memory().codes == n * (d // 8)
 
 
+@pytest.mark.parametrize("variant", ["paper", "centred"])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_binary_rescore_asymmetric_bits_costs_no_extra_bytes(tiny, metric):
+def test_binary_rescore_asymmetric_bits_costs_no_extra_bytes(tiny, metric, variant):
     base = tiny.data(metric)[0]
     n, d = base.shape
-    bits = build("binary-rescore", base, metric, rescore="bits")
-    none = build("binary-rescore", base, metric, rescore="none")
+    bits = build("binary-rescore", base, metric, rescore="bits", variant=variant)
+    none = build("binary-rescore", base, metric, rescore="none", variant=variant)
     assert bits.memory().codes == none.memory().codes == n * (d // 8)
-    assert bits.memory().shared == 2 * 4 * d  # mean and σ
-    assert get_method("binary-rescore").bytes_per_vector(d, n, rescore="bits") == pytest.approx(bits.memory().ram / n)
+    assert bits.memory().shared == (2 * 4 * d if variant == "centred" else 0)  # mean and σ / nothing
+    for index, rescore in ((bits, "bits"), (none, "none")):
+        assert get_method("binary-rescore").bytes_per_vector(d, n, rescore=rescore, variant=variant) == \
+            pytest.approx(index.memory().ram / n)
     assert recall(bits, tiny, metric, factor=1) == pytest.approx(recall(none, tiny, metric))  # same k, re-ordered
 
 
@@ -165,14 +168,15 @@ def test_binary_rescore_bits_beats_hamming_on_sift(shared_data):
     base = np.load(shared_data / "bigann10k" / "base.npy").astype(np.float32)
     queries = np.load(shared_data / "bigann10k" / "queries.npy").astype(np.float32)
     gt = np.load(shared_data / "bigann10k" / "neighbors.npy")
-    got = {r: build("binary-rescore", base, "l2", rescore=r).search(queries, K, factor=16)[1] for r in ("none", "bits")}
+    got = {r: build("binary-rescore", base, "l2", rescore=r, variant="centred").search(queries, K, factor=16)[1]
+           for r in ("none", "bits")}  # SIFT is non-negative: signs at 0 need the centred variant
     rec = {r: recall_at(ids, gt, K) for r, ids in got.items()}
     assert rec["bits"] > rec["none"] + 0.05, rec  # measured 0.455 vs 0.371
 
 
 def test_binary_rescore_bits_scores_the_sign_reconstruction(tiny):
     base, queries = tiny.data("ip")
-    index = build("binary-rescore", base, "ip", rescore="bits")
+    index = build("binary-rescore", base, "ip", rescore="bits", variant="centred")
     scores, ids = index.search(queries, K, factor=8)
     signs = np.where(base > index.mean, 1.0, -1.0).astype(np.float32)
     recon = index.mean + index.sigma * signs
@@ -181,7 +185,7 @@ def test_binary_rescore_bits_scores_the_sign_reconstruction(tiny):
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     # with mean 0 and σ = 1 the scores are the blog's q · unpackbits(b), shifted: q·s = 2 q·b - Σq
     centred = base - base.mean(0)
-    blog_like = build("binary-rescore", centred, "ip", rescore="bits")
+    blog_like = build("binary-rescore", centred, "ip", rescore="bits", variant="centred")
     blog_like.mean[:] = 0.0
     blog_like.sigma[:] = 1.0
     scores0, _ = blog_like.search(queries, K, factor=8)
