@@ -414,7 +414,7 @@ def report(
     results_dir: ResultsDir = DEFAULT_RESULTS,
     out: Annotated[Path | None, typer.Option("--out", help="Site folder (default: RESULTS_DIR/report).")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report (default: RESULTS_DIR/REPORT.md).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set to include (the same forms as `run`); repeat for several (default: all stored).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="Data set whose pages to rebuild (the same forms as `run`); repeat for several (default: all). The other data sets' published pages are kept.")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
     at_n: AtNOpt = None,
 ) -> None:
@@ -428,13 +428,14 @@ def report(
         for spec in dataset:
             name, fp = resolve_dataset(spec, df)
             identities[name] = fp
-    kwargs = {"at_n": at_n} if at_n is not None else {}
-    if any(fp is not None for fp in identities.values()):
-        kwargs["identities"] = identities
     paths = build_report(results_dir, out, markdown=markdown, budgets=_budgets(budget),
-                         datasets=list(identities) or None, **kwargs)
+                         datasets=list(identities) or None, at_n=at_n, identities=identities)
+    rebuilt = getattr(paths, "rebuilt", paths.datasets)
+    kept = [d for d in paths.datasets if d not in rebuilt]
     typer.echo(f"report: {paths.site / 'index.html'} ({len(paths.datasets)} data set(s), "
-               f"{len(paths.methods)} method(s))\nmarkdown: {paths.markdown}")
+               f"{len(paths.methods)} method(s)); rebuilt: {', '.join(rebuilt) or 'none'}"
+               + (f"; kept as published: {', '.join(kept)}" if kept else "")
+               + f"\nmarkdown: {paths.markdown}")
 
 
 @app.command()

@@ -4,7 +4,8 @@ A run is *placed* by its measured RAM bytes per vector (all index memory / n): a
 method competes with its configurations whose measured bytes per vector are at most B. Before
 running, each method's declared build grid is mapped onto the ladder by the analytic formula:
 for every budget, the ``per_budget`` configurations with the largest analytic size that fits
-are built, so each budget is filled as well as the method allows and the sweep stays small.
+are built (per named variant: a departure from the paper is planned beside the paper's recipe),
+so each budget is filled as well as the method allows and the sweep stays small.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ def plan_method(cls: type[Method], dim: int, n: int, budgets: tuple[float, ...],
         key=lambda sc: -sc[0],
     )
     chosen: dict[str, PlannedBuild] = {}
+    # each named variant (a departure from the paper) is planned like a method of its own, so it
+    # is measured beside the paper's recipe at every budget
+    variants = sorted({cls.variant_of(c) for _, c in sized})
     for budget in budgets:
-        fitting = [(s, c) for s, c in sized if s <= budget]
-        for s, c in fitting[:per_budget]:
-            key = repr(sorted(c.items()))
-            chosen.setdefault(key, PlannedBuild(cls.name, c, s))
+        for variant in variants:
+            fitting = [(s, c) for s, c in sized if s <= budget and cls.variant_of(c) == variant]
+            for s, c in fitting[:per_budget]:
+                key = repr(sorted(c.items()))
+                chosen.setdefault(key, PlannedBuild(cls.name, c, s))
     return sorted(chosen.values(), key=lambda p: p.bytes_analytic)
 
 

@@ -169,10 +169,11 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
         fit = runs[runs["placed"] <= budget + PLACEMENT_SLACK]
         if fit.empty:
             name, build, size = smallest_configuration(runs, runs["placed"])
+            params = _params(build)
             rows.append({"budget": budget, "budget_ratio": budget / float32, "fits": False,
                          "quality_metric": metric, "bytes_projected": at_n is not None,
-                         "note": f"nothing fits: the smallest configuration is {name} ({_params(build)}) "
-                                 f"at {size:.1f} B/vector"})
+                         "note": f"nothing fits: the smallest configuration is {name}"
+                                 + (f" ({params})" if params != "-" else "") + f" at {size:.1f} B/vector"})
             continue
         best = (fit.sort_values(["quality", "qps_1t"], ascending=[False, False])
                 .drop_duplicates("entry"))

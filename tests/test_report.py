@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -109,10 +110,11 @@ FP = "f" * 16
 
 def _row(method: str, chash: str, bpv: float, pq_recall: np.ndarray, *, dataset: str = "toy",
          build: dict | None = None, search: dict | None = None, qps: float = 1000.0,
-         ndcg: np.ndarray | None = None, status: str = "ok", created: str = "2026-01-01T00:00:00+00:00") -> dict:
+         ndcg: np.ndarray | None = None, status: str = "ok", created: str = "2026-01-01T00:00:00+00:00",
+         qrels: np.ndarray | None = None, memory_flag: bool = False, shared: int = 0) -> dict:
     dim, n = 16, 1000
     row = {
-        "config_hash": chash, "dataset": dataset, "dataset_fingerprint": FP, "metric": "l2", "n": n,
+        "config_hash": chash, "dataset": dataset, "dataset_fingerprint": (dataset + FP)[:16], "metric": "l2", "n": n,
         "dim": dim, "nq": NQ, "method": method, "family": "test",
         "build_params": json.dumps(build or {}, sort_keys=True), "search_params": json.dumps(search or {}, sort_keys=True),
         "k": 10, "bytes_analytic": bpv, "float32_bytes": 4.0 * dim, "status": status, "error": "",
@@ -123,7 +125,8 @@ def _row(method: str, chash: str, bpv: float, pq_recall: np.ndarray, *, dataset:
         row["error"] = "RuntimeError: boom"
         return row
     row.update({
-        "ram_bytes": int(bpv * n), "codes_bytes": int(bpv * n), "structure_bytes": 0, "shared_bytes": 0,
+        "ram_bytes": int(bpv * n), "codes_bytes": int(bpv * n) - shared, "structure_bytes": 0, "shared_bytes": shared,
+        "memory_flag": memory_flag,
         "disk_only_bytes": 0, "disk_bytes": int(bpv * n), "bytes_per_vector": bpv, "ratio_to_float32": bpv / (4.0 * dim),
         "bytes_mismatch": False, "latency_p50_ms": 1000 / qps, "latency_p95_ms": 1.5 * 1000 / qps,
         "latency_p99_ms": 2 * 1000 / qps, "qps_1t": qps, "qps_all": 2 * qps, "threads_all": 2,
@@ -135,6 +138,9 @@ def _row(method: str, chash: str, bpv: float, pq_recall: np.ndarray, *, dataset:
     if ndcg is not None:
         row["ndcg_at_10"] = float(ndcg.mean())
         row["per_query_ndcg_at_10"] = ndcg.astype(np.float32).tolist()
+    if qrels is not None:
+        row["qrels_recall_at_100"] = float(qrels.mean())
+        row["per_query_qrels_recall_at_100"] = qrels.astype(np.float32).tolist()
     return row
 
 
@@ -156,8 +162,9 @@ def toy_results(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     ]
     root = tmp_path_factory.mktemp("results")
     store = ResultStore(root)
+    store.append(rows[-1:])  # the store stamps created_utc as it appends: the superseded run first
     store.append(rows[:4])
-    store.append(rows[4:])
+    store.append(rows[4:-1])
     return root, store.load()
 
 
@@ -267,8 +274,12 @@ def test_best_marked_and_ties_detected(toy_report):
     other = ranks["beta"] if top["attrs"]["data-method"] == "alpha" else ranks["alpha"]
     assert other["cells"][vs][1].startswith("≈#1")
     assert not ranks["gamma"]["cells"][vs][1].startswith("≈#1")
-    assert ranks["gamma"]["cells"][vs][1] == f"p={1 / 501:.3f}"  # the smallest p of 500 sign flips
+    assert ranks["gamma"]["cells"][vs][1] == "p<0.001"  # the leaderboard's test: 2,000 sign flips
     assert "#1 (≈ #2)" in top["cells"][vs][1]
+    # the ranks are the leaderboard's: entries the paired test cannot separate share a rank
+    assert ranks["alpha"]["attrs"]["data-rank"] == ranks["beta"]["attrs"]["data-rank"] == "1"
+    assert ranks["gamma"]["attrs"]["data-rank"] == "3"  # 1 + the two entries significantly better
+    assert top["attrs"].get("data-top") == "1" and other["attrs"].get("data-top") is None
 
 
 def test_quality_interval_shown_and_contains_the_mean(toy_report):
@@ -301,9 +312,13 @@ def test_recommendation_and_markdown(toy_report):
     assert 'id="recommendation"' in page and "Smallest measured bytes per vector" in page
 
 
-def test_method_page_provenance_and_failures(toy_report):
+def test_method_page_provenance_and_failures(toy_results, toy_report):
     page = (toy_report.site / "methods" / "gamma.html").read_text()
-    assert "Test CPU 9000" in page and "0123456789ab" in page and "2026-01-01T00:00:00+00:00" in page
+    assert "Test CPU 9000" in page and "0123456789ab" in page
+    _, df = toy_results
+    current = df[(df["config_hash"] == "c1" * 8)].sort_values("created_utc")
+    assert str(current["created_utc"].iloc[-1]) in page  # the newest run's time, not the superseded one's
+    assert str(current["created_utc"].iloc[0]) not in page
     assert "numpy 2.0" in page
     assert "failed run" in page and "RuntimeError: boom" in page
     assert "not registered in the current tree" in page
@@ -389,3 +404,250 @@ def test_ndcg_is_the_quality_metric_when_judgments_exist(tmp_path):
     headers = _headers(page, "leaderboard")
     assert "nDCG@10" in headers and "recall@10" in headers
     assert "nDCG@10" in paths.markdown.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: restricted reports, placeholders, interactive plots; issue 8: the leaderboard's verdicts
+
+
+def _text(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def _prose(page: str) -> list[str]:
+    """Sentences of a page: its paragraphs and list items (tables left out: a dash is a cell's blank)."""
+    body = page.split("<main>", 1)[1].split("</main>", 1)[0]
+    return [_text(m) for m in re.findall(r"<(?:p|li)\b[^>]*>(.*?)</(?:p|li)>", body, flags=re.S)]
+
+
+PLACEHOLDER = re.compile(r"(^|[\s(;:,])[–-]($|[\s);:,.])")
+
+
+def test_restricted_report_keeps_the_other_data_sets(tmp_path):
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.4, 0.9, size=NQ)
+    store = ResultStore(tmp_path)
+    store.append([_row("exact", "e1" * 8, 64.0, np.ones(NQ), dataset="one"),
+                  _row("alpha", "a1" * 8, 16.0, base, dataset="one", build={"m": 16}),
+                  _row("exact", "e2" * 8, 64.0, np.ones(NQ), dataset="two"),
+                  _row("beta", "b2" * 8, 16.0, base, dataset="two", build={"bits": 4})])
+    site, md = tmp_path / "site", tmp_path / "R.md"
+    build_report(tmp_path, site, markdown=md, budgets=(16, 64), resamples=100)
+    two_page = (site / "datasets" / "two.html").read_bytes()
+    two_plots = sorted(p.name for p in (site / "plots" / "two").iterdir())
+    assert two_plots  # the static figures exist before the restricted build
+
+    store.append([_row("alpha", "a3" * 8, 32.0, np.clip(base + 0.05, 0, 1), dataset="one", build={"m": 32})])
+    paths = build_report(tmp_path, site, markdown=md, budgets=(16, 32, 64), resamples=100, datasets=["one"])
+    assert paths.rebuilt == ["one"] and paths.datasets == ["one", "two"]
+    # the data set not asked for keeps its page and plots exactly; the one asked for is updated
+    assert (site / "datasets" / "two.html").read_bytes() == two_page
+    assert sorted(p.name for p in (site / "plots" / "two").iterdir()) == two_plots
+    assert "a3" * 8 in (site / "datasets" / "one.html").read_text()
+    # the index lists both, with counts that add up to what it lists
+    index = (site / "index.html").read_text()
+    assert 'href="datasets/one.html"' in index and 'href="datasets/two.html"' in index
+    assert "5 stored result rows; the 5 current configurations of these 2 data set(s)" in index
+    for link in re.findall(r'href="([^"#]+\.html)', index):
+        assert (site / link).is_file(), link
+    # the method pages keep the other data set's runs, REPORT.md keeps its section
+    assert "b2" * 8 in (site / "methods" / "beta.html").read_text()
+    text = md.read_text()
+    assert "## one" in text and "## two" in text and "`b2b2b2b2b2b2b2b2`" in text
+
+
+def test_restricted_report_into_a_new_folder_links_nothing_missing(tmp_path):
+    rng = np.random.default_rng(12)
+    ResultStore(tmp_path).append([_row("exact", "e1" * 8, 64.0, np.ones(NQ), dataset="one"),
+                                  _row("exact", "e2" * 8, 64.0, rng.uniform(size=NQ), dataset="two")])
+    paths = build_report(tmp_path, tmp_path / "elsewhere", markdown=tmp_path / "R.md", budgets=(64,),
+                         resamples=100, plots=False, datasets=["two"])
+    index = (paths.site / "index.html").read_text()
+    for link in re.findall(r'href="([^"#]+\.html)', index):
+        assert (paths.site / link).is_file(), link
+    assert 'href="datasets/one.html"' in index
+
+
+def test_no_placeholder_dash_in_sentences(tmp_path):
+    rng = np.random.default_rng(13)
+    base = rng.uniform(0.2, 0.6, size=NQ)
+    # 'plain' has no build or search parameters and is the cheapest configuration above 95% and 99%
+    ResultStore(tmp_path).append([
+        _row("exact", "e1" * 8, 64.0, np.ones(NQ)),
+        _row("plain", "p1" * 8, 20.0, np.full(NQ, 0.995), qps=5000.0),
+        _row("alpha", "a1" * 8, 8.0, base, build={"m": 8}),
+    ])
+    paths = build_report(tmp_path, budgets=(4, 8, 32, 64), resamples=100, plots=False)
+    sentences = []
+    for page in (paths.site / "datasets" / "toy.html", paths.site / "index.html", paths.site / "methods" / "plain.html"):
+        sentences += _prose(page.read_text())
+    md = paths.markdown.read_text()
+    sentences += [line.removeprefix("- ") for line in md.splitlines() if line and not line.startswith("|")]
+    assert any("cheapest is plain at 20.0 B/vector" in s for s in sentences), sentences
+    assert any("Nothing fits 4 B/vector: the smallest stored configuration is alpha (m=8), 8.0 B/vector" in s
+               for s in sentences), sentences
+    bad = [s for s in sentences if PLACEHOLDER.search(s)]
+    assert not bad, bad
+
+
+def test_interactive_plots_are_inline_and_link_their_rows(toy_results, toy_report):
+    _, df = toy_results
+    page = (toy_report.site / "datasets" / "toy.html").read_text()
+    assert "<script src" not in page and "http://" not in page and "https://" not in page
+    current = df[df["status"] == "ok"].sort_values("created_utc").drop_duplicates("config_hash", keep="last")
+    for plot in ("plot-quality_vs_bytes", "plot-quality_vs_qps"):
+        svg = page.split(f'id="{plot}"', 1)[1].split("</svg>", 1)[0]
+        links = re.findall(r'<a href="([^"]+)" aria-label="([^"]+)"><path class="pt[^"]*" d="[^"]+" data-tip=\'([^\']+)\'', svg)
+        assert len(links) == current["config_hash"].nunique()  # one point per current configuration
+        for href, label, tip in links:
+            data = json.loads(html.unescape(tip))
+            assert set(data) >= {"method", "build", "quality", "bytes", "qps", "hash"}
+            assert href == f"../methods/{data['method']}.html#cfg-{data['hash']}"
+            target = (toy_report.site / "datasets" / href.split("#")[0]).resolve()
+            assert f'id="cfg-{data["hash"]}"' in target.read_text()
+            assert html.unescape(label).startswith(data["method"])
+            run = current[current["config_hash"] == data["hash"]].iloc[0]
+            assert float(data["quality"]) == pytest.approx(run["recall_at_10"], abs=5e-5)
+            assert float(data["bytes"]) == pytest.approx(run["bytes_per_vector"], abs=0.05)
+    legend = re.findall(r'<button type="button" class="legend-item" data-method="([^"]+)"', page)
+    assert sorted(set(legend)) == ["alpha", "beta", "exact", "gamma"]
+    # the static figures stay, linked from the page
+    assert 'href="../plots/toy/quality_vs_bytes.png"' in page and 'href="../plots/toy/quality_vs_bytes.svg"' in page
+
+
+def test_leaderboard_columns_can_be_hidden_and_parameters_wrap(toy_report):
+    page = (toy_report.site / "datasets" / "toy.html").read_text()
+    toggles = dict(re.findall(r'class="col-toggle" data-table="leaderboard" data-col="([^"]+)"( checked)?', page))
+    assert {"ratio", "ci", "p99", "build_s", "config"} <= set(toggles)
+    assert toggles["config"] == "" and toggles["ci"] == " checked"  # config hidden by default, CI shown
+    table = page.split('id="leaderboard"', 1)[1].split("</thead>", 1)[0]
+    assert re.search(r'<th [^>]*data-col="config" data-default="hidden"', table)
+    assert '<div class="table-wrap"><table class="sortable" id="leaderboard">' in page
+    assert '<span class="kv">m=60</span>' in page  # wraps between parameters, not inside one
+
+
+def test_recall_at_100_beside_ndcg_memory_flag_and_nothing_fits(tmp_path):
+    rng = np.random.default_rng(14)
+    rec = rng.uniform(size=NQ)
+    ResultStore(tmp_path).append([
+        _row("exact", "e1" * 8, 64.0, np.ones(NQ), dataset="judged", ndcg=rec, qrels=np.full(NQ, 0.9)),
+        _row("alpha", "a1" * 8, 16.0, rec, dataset="judged", ndcg=rec * 0.9, qrels=np.full(NQ, 0.75),
+             memory_flag=True),
+    ])
+    paths = build_report(tmp_path, budgets=(8, 16, 64), resamples=100, plots=False)
+    page = (paths.site / "datasets" / "judged.html").read_text()
+    headers = _headers(page, "leaderboard")
+    assert headers.index("Recall@100") == headers.index("nDCG@10") + 5  # after CI, vs #1, %, recall@10
+    parser = _Rows("leaderboard")
+    parser.feed(page)
+    r100 = headers.index("Recall@100")
+    by_hash = {(r["attrs"]["data-hash"], r["attrs"]["data-budget"]): r for r in parser.rows}
+    alpha = by_hash[("a1" * 8, "16.0")]
+    assert float(alpha["cells"][r100][0]) == pytest.approx(0.75)
+    assert alpha["attrs"].get("data-memory-flag") == "1"
+    assert "⚠" in alpha["cells"][headers.index("measured B/vec")][1]
+    exact = by_hash[("e1" * 8, "64.0")]
+    assert exact["attrs"].get("data-memory-flag") is None
+    assert "Nothing fits 8 B/vector" in page
+    md = paths.markdown.read_text()
+    assert "Recall@100" in md and "16.0 ⚠" in md and "Nothing fits 8 B/vector" in md
+
+
+def test_bytes_projected_at_n(tmp_path):
+    rng = np.random.default_rng(15)
+    # 60 B/vector at n=1000, of which 50,000 shared bytes: 10.05 B/vector at n=1,000,000
+    ResultStore(tmp_path).append([
+        _row("exact", "e1" * 8, 64.0, np.ones(NQ)),
+        _row("alpha", "a1" * 8, 60.0, rng.uniform(size=NQ), build={"m": 60}, shared=50_000),
+    ])
+    paths = build_report(tmp_path, budgets=(16, 64), resamples=100, plots=False, at_n=1_000_000)
+    page = (paths.site / "datasets" / "toy.html").read_text()
+    headers = _headers(page, "leaderboard")
+    col = headers.index("B/vec at n=1,000,000")
+    parser = _Rows("leaderboard")
+    parser.feed(page)
+    at16 = [r for r in parser.rows if r["attrs"]["data-budget"] == "16.0"]
+    assert [r["attrs"]["data-hash"] for r in at16] == ["a1" * 8]  # fits 16 B/vector only when projected
+    assert float(at16[0]["cells"][col][0]) == pytest.approx(10.05)
+    assert "projected to n=1,000,000" in page
+    assert "B/vec at n=1,000,000" in paths.markdown.read_text()
+    with pytest.raises(VecbudgetError, match="at_n"):
+        build_report(tmp_path, tmp_path / "x", markdown=tmp_path / "x.md", plots=False, at_n=0)
+
+
+def test_report_reuses_the_leaderboards_verdicts(toy_results, tmp_path, monkeypatch):
+    """Ranks, ties and p-values come from harness.leaderboard, not from a second test in the report."""
+    import harness.report as report
+
+    real = report.leaderboard
+
+    def doctored(*args, **kwargs):
+        board = real(*args, **kwargs)
+        gamma = board["method"] == "gamma"
+        board.loc[gamma, "tied_with_best"] = True
+        board.loc[gamma, "p_vs_best"] = 0.4242
+        board.loc[gamma, "rank"] = 1
+        return board
+
+    monkeypatch.setattr(report, "leaderboard", doctored)
+    root, _ = toy_results
+    paths = build_report(root, tmp_path / "site", markdown=tmp_path / "R.md", budgets=(16,), resamples=100, plots=False)
+    page = (paths.site / "datasets" / "toy.html").read_text()
+    parser = _Rows("leaderboard")
+    parser.feed(page)
+    vs = _headers(page, "leaderboard").index("vs #1")
+    gamma = next(r for r in parser.rows if r["attrs"]["data-method"] == "gamma")
+    assert gamma["cells"][vs][1] == "≈#1 p=0.424" and gamma["attrs"]["data-rank"] == "1"
+
+
+def _fake_method(name: str, module_name: str, doc: str, **attrs) -> type:
+    class Fake(Method):
+        family = "test"
+        paper = "Someone, 'A paper', 2020"
+        bytes_formula = "m bytes"
+
+        @classmethod
+        def bytes_per_vector(cls, dim, n, **p):
+            return float(p.get("m", 0))
+
+        def add(self, vectors):
+            pass
+
+        def search(self, queries, k, **s):
+            raise NotImplementedError
+
+        def memory(self):
+            return MemoryAccount()
+
+    Fake.name = name
+    for key, value in attrs.items():
+        setattr(Fake, key, value)
+    module = types.ModuleType(module_name)
+    module.__doc__ = doc
+    Fake.__module__ = module_name
+    return Fake, module
+
+
+def test_variants_and_post_hoc_replace_the_departure_regex(toy_results, tmp_path, monkeypatch):
+    doc = "Fake.\n\nDepartures from the paper: post-hoc on frozen embeddings.\n"
+    alpha, mod_a = _fake_method("alpha", "vecbudget_fake_alpha", doc,
+                                post_hoc="the encoder is not Matryoshka-trained: prefixes of a frozen model",
+                                variants={"centred": "subtracts the mean first; not in the paper"})
+    beta, mod_b = _fake_method("beta", "methods.vecbudget_fake_beta", doc)  # this repository's: faithful
+    registry.discover()
+    for cls, mod in ((alpha, mod_a), (beta, mod_b)):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        monkeypatch.setitem(registry._REGISTRY, cls.name, cls)
+    root, _ = toy_results
+    paths = build_report(root, tmp_path / "site", markdown=tmp_path / "R.md", budgets=(16,), resamples=100, plots=False)
+    page = (paths.site / "methods" / "alpha.html").read_text()
+    assert 'id="post-hoc"' in page and "prefixes of a frozen model" in page
+    assert "alpha[centred]" in page and "subtracts the mean first" in page
+    assert "Departs from its paper" not in page
+    beta_page = (paths.site / "methods" / "beta.html").read_text()
+    assert "Departs from its paper" not in beta_page and "Runs the paper's recipe" in beta_page
+    index = (paths.site / "index.html").read_text()
+    rows = dict(re.findall(r'methods/([a-z]+)\.html">[a-z]+</a></td>.*?<td>([^<]*)</td></tr>', index))
+    assert rows["alpha"] == "post-hoc; variants: centred"
+    assert rows["beta"] == ""
+    assert "departs" not in index

@@ -62,12 +62,30 @@
     var top = topOnly ? topOnly.checked : false;
     Array.prototype.forEach.call(board.tBodies[0].rows, function (row) {
       var show = (want === "" || row.getAttribute("data-budget") === want) &&
-                 (!top || Number(row.getAttribute("data-rank")) <= 3);
+                 (!top || Number(row.getAttribute("data-pos")) <= 3);
       row.classList.toggle("hidden", !show);
     });
   }
   if (budget) { budget.addEventListener("change", filter); }
   if (topOnly) { topOnly.addEventListener("change", filter); }
+
+  // optional columns: a check box per column (harness/report.py marks them with data-col)
+  function setColumn(table, key, shown) {
+    var index = -1;
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+      if (th.getAttribute("data-col") === key) { index = i; th.classList.toggle("col-hidden", !shown); }
+    });
+    if (index < 0) { return; }
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      if (row.cells[index]) { row.cells[index].classList.toggle("col-hidden", !shown); }
+    });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("input.col-toggle"), function (box) {
+    var table = document.getElementById(box.getAttribute("data-table"));
+    if (!table || !table.tHead) { return; }
+    setColumn(table, box.getAttribute("data-col"), box.checked);
+    box.addEventListener("change", function () { setColumn(table, box.getAttribute("data-col"), box.checked); });
+  });
 
   // a link to a configuration (#cfg-<hash>) highlights its row
   if (location.hash && location.hash.indexOf("#cfg-") === 0) {
