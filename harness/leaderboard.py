@@ -153,13 +153,16 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     metric = quality_metric(runs)
+    runs = runs[runs[metric].notna()] if metric in runs else runs.iloc[0:0]
+    if runs.empty:
+        return pd.DataFrame(columns=COLUMNS)
     runs = runs.assign(
         quality=runs[metric].astype(float),
         placed=placed_bytes(runs, at_n),
         variant=[variant_of(r) for _, r in runs.iterrows()],
     )
     runs["entry"] = [entry_name(m, v) for m, v in zip(runs["method"], runs["variant"], strict=True)]
-    for col in ("qrels_recall_at_100", "memory_flag", "latency_p99_ms"):
+    for col in ("recall_at_10", "qrels_recall_at_100", "memory_flag", "latency_p99_ms"):  # absent in odd rows
         if col not in runs:
             runs[col] = np.nan
     sig = _Significance(metric, alpha)

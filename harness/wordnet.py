@@ -93,15 +93,21 @@ def split(
 ) -> WordnetSplit:
     """A deterministic subset: query synsets first (one example each), then other definitions.
 
-    ``documents=None`` keeps every synset. Test and training queries come from disjoint synsets;
+    ``documents=None`` keeps every synset. Test and training queries come from disjoint synsets and never share a sentence;
     each query's only relevant document is its own synset's definition.
     """
     rng = np.random.default_rng(seed)
     with_examples = [i for i, s in enumerate(synsets) if s.examples]
     if len(with_examples) < queries + train_queries:
         raise DataError(f"WordNet has {len(with_examples)} synsets with examples, fewer than requested")
-    picked = rng.permutation(with_examples)[: queries + train_queries]
-    test_idx, train_idx = picked[:queries], picked[queries:]
+    order = rng.permutation(with_examples)
+    test_idx = order[:queries]
+    # training queries: other synsets, and never a sentence that is also a test query (WordNet
+    # repeats a few example sentences across synsets, e.g. "mellow wisdom")
+    test_texts = {synsets[i].examples[0] for i in test_idx}
+    train_idx = np.array([i for i in order[queries:] if synsets[i].examples[0] not in test_texts][:train_queries],
+                         dtype=np.int64)
+    picked = np.concatenate([test_idx, train_idx])
     if documents is None:
         doc_idx = np.arange(len(synsets))
     else:

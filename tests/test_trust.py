@@ -304,3 +304,18 @@ def test_rows_record_the_blas_kernel(tmp_path):
     blas = json.loads(rows.iloc[0]["blas"])
     assert blas["libraries"] and all("architecture" in lib for lib in blas["libraries"])
     assert "env" in blas
+
+
+def test_wordnet_default_has_5000_test_queries_disjoint_from_training():
+    from harness.loaders import manifest_for, text_collection
+    from harness.wordnet import DEBIAN_DIR
+
+    m = manifest_for("wordnet")
+    assert m.options["queries"] >= 5000 and m.options["train_queries"] >= 1000
+    if not DEBIAN_DIR.joinpath("data.noun").exists():
+        pytest.skip("wordnet-base not installed")
+    col = text_collection(m, progress=False)
+    assert len(col.query_ids) == m.options["queries"]
+    test_synsets = {next(iter(col.qrels[q])) for q in col.query_ids}
+    assert not set(col.train_query_texts) & set(col.query_texts)
+    assert len(test_synsets) == len(col.query_ids)  # one query per synset
