@@ -10,6 +10,7 @@ loads offline; any other sentence-transformers model name or local path is passe
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -179,6 +180,19 @@ def encode_texts(
         raise VecbudgetError(f"nothing to encode for {desc}: the {role} list is empty")
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(texts, spec, role)
+    # one process encodes a given list at a time; another one waits, then finds it cached
+    with open(cache_dir / f".emb-{key}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"{desc}: another process is encoding the same texts; waiting for it", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _encode_locked(texts, spec, role, cache_dir, key, chunk=chunk, progress=progress, desc=desc)
+
+
+def _encode_locked(texts: list[str], spec: EncoderSpec, role: str, cache_dir: Path, key: str, *, chunk: int,
+                   progress: bool, desc: str) -> np.ndarray:
     final = cache_dir / f"emb-{key}.npy"
     if final.exists():
         try:
