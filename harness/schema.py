@@ -72,7 +72,7 @@ COLUMNS: dict[str, str] = {
     "latency_p99_ms": "single-query latency, one thread, 99th percentile",
     "latency_queries": "how many single queries were timed (time-boxed)",
     "qps_1t": "batch queries per second, one thread",
-    "qps_all": "batch queries per second, all threads",
+    "qps_all": "batch queries per second, all threads (timed on up to 1,000 of the queries)",
     "threads_all": "threads used for qps_all",
     "train_s": "seconds in fit()",
     "build_s": "seconds in add()",

@@ -45,10 +45,70 @@ def hnsw_link_bytes(hnsw: faiss.HNSW) -> int:
     )
 
 
+def _vec_bytes(v: Any, itemsize: int) -> int:
+    """Bytes of a faiss std::vector (0 when absent)."""
+    return int(v.size()) * itemsize if v is not None else 0
+
+
+def _transform_bytes(vt: faiss.VectorTransform) -> int:
+    vt = faiss.downcast_VectorTransform(vt)
+    if isinstance(vt, faiss.LinearTransform):
+        return _vec_bytes(vt.A, 4) + _vec_bytes(vt.b, 4)
+    return 0  # normalisation, centring: a few floats at most
+
+
+def held_bytes(index: faiss.Index) -> int:
+    """Bytes a faiss index holds in RAM, from its arrays' sizes — no serialisation.
+
+    ``faiss.serialize_index`` copies the whole index into a growing buffer (twice the index at
+    its peak, plus the copy handed to Python), which inflated the worker's peak RSS (exact at 200k
+    × 384: 931 MB peak for a 324 MB index). This walks the index instead: codes (padded fast-scan
+    blocks as allocated), inverted lists (codes, ids, one size per list), graph links, and the
+    shared parts (coarse quantizer, PQ centroids, scalar-quantizer ranges, RaBitQ centre,
+    linear transforms). It agrees with the serialised size up to the file's headers (checked in
+    tests/test_scale_speed.py); an index type it does not know is measured by serialising that
+    part alone.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        chain = sum(_transform_bytes(index.chain.at(i)) for i in range(index.chain.size()))
+        return chain + held_bytes(index.index)
+    if isinstance(index, faiss.IndexRefine):
+        return held_bytes(index.base_index) + held_bytes(index.refine_index)
+    if isinstance(index, faiss.IndexHNSW):
+        hnsw = index.hnsw
+        extra = _vec_bytes(hnsw.assign_probas, 8) + _vec_bytes(hnsw.cum_nneighbor_per_level, 4)
+        return hnsw_link_bytes(hnsw) + extra + held_bytes(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        code_bytes, id_bytes = invlists_bytes(index)
+        total = code_bytes + id_bytes + 8 * index.nlist + held_bytes(index.quantizer)
+        return total + _shared_bytes(index)
+    if isinstance(index, faiss.IndexFastScan):
+        return int(index.codes.size()) + _shared_bytes(index)
+    if isinstance(index, faiss.IndexFlatCodes):
+        return int(index.codes.size()) + _shared_bytes(index)
+    return serialized_bytes(index)
+
+
+def _shared_bytes(index: faiss.Index) -> int:
+    """Trained parameters of a codes index: PQ centroids, SQ ranges, RaBitQ centre."""
+    total = 0
+    pq = getattr(index, "pq", None)
+    if isinstance(pq, faiss.ProductQuantizer):
+        total += _vec_bytes(pq.centroids, 4)
+    sq = getattr(index, "sq", None)
+    if isinstance(sq, faiss.ScalarQuantizer):
+        total += _vec_bytes(sq.trained, 4)
+    center = getattr(index, "center", None)
+    if center is not None and hasattr(center, "size"):
+        total += _vec_bytes(center, 4)
+    return total
+
+
 def account(index: faiss.Index, codes: int, structure: int) -> MemoryAccount:
-    """Memory account whose total is the serialised size; what is not codes or structure is
-    shared (headers, codebooks, centroids, rotations)."""
-    total = serialized_bytes(index)
+    """Memory account whose total is what the index holds (:func:`held_bytes`); what is not
+    codes or structure is shared (codebooks, centroids, rotations)."""
+    total = held_bytes(index)
     return MemoryAccount(codes=codes, structure=structure, shared=max(total - codes - structure, 0))
 
 
@@ -170,6 +230,33 @@ def pq_codebook_bytes(dim: int, nbits: int) -> int:
     return (1 << nbits) * dim * 4
 
 
+#: transient bytes one ``add`` call may allocate for PQ distance tables
+ADD_TABLE_BYTES = 32 << 20
+
+
+def _find_pq(index: faiss.Index) -> faiss.ProductQuantizer | None:
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexPreTransform, faiss.IndexRefine)):
+        index = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index.base_index)
+    pq = getattr(index, "pq", None)
+    return pq if isinstance(pq, faiss.ProductQuantizer) else None
+
+
+def add_chunk_rows(index: faiss.Index, n: int) -> int:
+    """Rows per ``add`` call so that encoding stays within :data:`ADD_TABLE_BYTES`.
+
+    faiss's ``ProductQuantizer::compute_codes`` with 16 or more dimensions per sub-vector builds
+    the distance tables of the whole batch at once, n·2^nbits·m floats (1.64 GB for 200k
+    vectors at m = 8, 8 bits); adding in chunks bounds them. The codes are the same. Indexes
+    without a product quantizer are added in one call.
+    """
+    pq = _find_pq(index)
+    if pq is None or int(pq.dsub) < 16:
+        return max(int(n), 1)
+    per_row = 4 * int(pq.ksub) * int(pq.M)
+    return max(1024, ADD_TABLE_BYTES // per_row)
+
+
 def search_params_for(index: faiss.Index, **kw: Any) -> faiss.SearchParameters | None:
     """Wrap ``kw`` in the faiss SearchParameters class that suits ``index`` (None if empty).
 
@@ -253,7 +340,9 @@ class FaissMethod(Method):
         x = as_float32(vectors)
         if self.index is None:  # used without fit: train on the vectors themselves
             self.fit(x)
-        self.index.add(x)
+        rows = add_chunk_rows(self.index, x.shape[0])
+        for r0 in range(0, x.shape[0], rows):
+            self.index.add(x[r0:r0 + rows])
         self.ntotal = int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
