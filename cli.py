@@ -72,6 +72,7 @@ def run(
     full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run configurations already stored.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run stored failed configurations.")] = False,
+    variants: Annotated[bool, typer.Option("--variants", help="Also run each method's named variants (departures from the paper) beside its recipe.")] = False,
     per_budget: Annotated[int, typer.Option(help="Build configurations per method and budget (largest that fit).")] = 1,
     latency_queries: Annotated[int, typer.Option(help="Queries timed one at a time for latency percentiles (p99 of 200 is its 2nd-largest value).")] = 200,
     latency_seconds: Annotated[float, typer.Option(help="Stop timing single queries of a configuration after this many seconds (at least 50 queries are timed; the row stores how many).")] = 3.0,
@@ -123,7 +124,7 @@ def run(
     executor = ProcessExecutor(time_limit_s=time_limit, memory_limit_bytes=memory_limit)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
                       latency_queries=latency_queries, latency_seconds=latency_seconds, force=force,
-                      retry_failed=retry_failed, time_limit_s=time_limit,
+                      retry_failed=retry_failed, variants=variants, time_limit_s=time_limit,
                       memory_limit_bytes=executor.memory_limit_bytes)
     new = run_sweep(ds, cfg, store, executor, progress=not quiet)
     df = store.load()

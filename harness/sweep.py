@@ -41,6 +41,8 @@ class SweepConfig:
     threads: int = 0
     force: bool = False
     retry_failed: bool = False
+    #: also plan each method's named variants (departures from the paper) beside its recipe
+    variants: bool = False
     #: the worker's limits: part of what a failure depends on (a time-out under another limit is retried)
     time_limit_s: float | None = None
     memory_limit_bytes: int | None = None
@@ -105,7 +107,7 @@ def plan_sweep(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> Pla
         raise VecbudgetError(f"method(s) {', '.join(unsupported)} cannot run on {ds.name} "
                              f"(metric {ds.metric}, dense vectors)")
     classes = [c for c in classes if c.name not in unsupported]
-    builds = plan(classes, ds.dim, ds.n, tuple(cfg.budgets), cfg.per_budget)
+    builds = plan(classes, ds.dim, ds.n, tuple(cfg.budgets), cfg.per_budget, cfg.variants)
     state = _stored_state(store)
     prov = provenance()
     out = Plan(tasks=[])

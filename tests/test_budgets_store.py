@@ -154,3 +154,14 @@ def test_stale_temporary_pid_is_read_from_the_end_of_the_name(tmp_path):
         f.touch()
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert live.exists() and other.exists()
+
+
+def test_variants_are_planned_only_when_asked_beside_the_paper_recipe():
+    from harness.budgets import plan_method
+
+    cls = get_method("binary-rescore")
+    paper = plan_method(cls, 384, 20000, (64, 512))
+    both = plan_method(cls, 384, 20000, (64, 512), variants=True)
+    assert {cls.variant_of(b.build_params) for b in paper} == {"paper"}
+    assert {cls.variant_of(b.build_params) for b in both} == {"paper", "centred"}
+    assert len(both) == 2 * len(paper)
