@@ -78,6 +78,10 @@ def run(
     latency_seconds: Annotated[float, typer.Option(help="Stop timing single queries of a configuration after this many seconds (at least 50 queries are timed; the row stores how many).")] = 3.0,
     time_limit: Annotated[float, typer.Option(help="Seconds allowed per build (worker process); must be positive.")] = 900,
     memory_limit_gb: Annotated[float, typer.Option(help="Address-space limit per worker, GiB (default 75% of RAM).")] = 0,
+    executor_kind: Annotated[str, typer.Option("--executor", help="Where builds run: 'process' (one at a time on this machine) or 'dask' (a Dask cluster: --scheduler, or a local one with --jobs).")] = "process",
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", help="Start a local Dask cluster of N worker processes (with --executor dask; default: --concurrent-per-host).")] = None,
+    concurrent_per_host: Annotated[int | None, typer.Option("--concurrent-per-host", help="Timed builds allowed at once on one host (with --executor dask; default 1, so speed figures are measured alone; rows record it).")] = None,
     results_dir: ResultsDir = DEFAULT_RESULTS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     model: ModelOpt = None,
@@ -99,6 +103,12 @@ def run(
         raise VecbudgetError(f"--time-limit must be a positive number of seconds, got {time_limit:g}")
     if memory_limit_gb < 0:
         raise VecbudgetError(f"--memory-limit-gb must be positive (0: 75% of RAM), got {memory_limit_gb:g}")
+    if executor_kind not in ("process", "dask"):
+        raise VecbudgetError(f"--executor must be 'process' or 'dask', got {executor_kind!r}")
+    if executor_kind != "dask" and (scheduler or jobs is not None or concurrent_per_host is not None):
+        raise VecbudgetError("--scheduler, --jobs and --concurrent-per-host need --executor dask")
+    if scheduler and jobs is not None:
+        raise VecbudgetError("give either --scheduler (a running cluster) or --jobs (a local cluster), not both")
     from harness.registry import suite as suite_methods
 
     names = list(method or [])
@@ -119,9 +129,16 @@ def run(
     overrides.update(_encoder_overrides(model, query_prompt, doc_prompt, max_length, batch_size, normalize))
     store = ResultStore(results_dir)
     store.check_writable()  # before any encoding or build
-    ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     memory_limit = int(memory_limit_gb * (1 << 30)) or None
-    executor = ProcessExecutor(time_limit_s=time_limit, memory_limit_bytes=memory_limit)
+    if executor_kind == "dask":  # connects (or starts the local cluster) before any encoding
+        from harness.dask_executor import DaskExecutor
+
+        per_host = 1 if concurrent_per_host is None else concurrent_per_host
+        executor = DaskExecutor(scheduler, jobs=jobs, concurrent_per_host=per_host, time_limit_s=time_limit,
+                                memory_limit_bytes=memory_limit)
+    else:
+        executor = ProcessExecutor(time_limit_s=time_limit, memory_limit_bytes=memory_limit)
+    ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
                       latency_queries=latency_queries, latency_seconds=latency_seconds, force=force,
                       retry_failed=retry_failed, variants=variants, time_limit_s=time_limit,

@@ -74,6 +74,8 @@ COLUMNS: dict[str, str] = {
     "qps_1t": "batch queries per second, one thread",
     "qps_all": "batch queries per second, all threads (timed on up to 1,000 of the queries)",
     "threads_all": "threads used for qps_all",
+    "tasks_per_host": "most timed tasks a Dask sweep allowed at once on the measuring host "
+                      "(--concurrent-per-host; 1 by default); empty: the process executor, one task at a time",
     "train_s": "seconds in fit()",
     "build_s": "seconds in add()",
     "train_sample": "training vectors used by fit() (a method's own cap or sample, if it reports one)",
