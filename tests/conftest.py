@@ -48,6 +48,15 @@ class Tiny:
         return self._gt[metric][:, :k]
 
 
+def write_vector_folder(folder: Path, n: int = 2000, d: int = 16, nq: int = 20, seed: int = 0) -> Path:
+    """A data folder the CLI takes as it is (``-d FOLDER``): Gaussian ``base.npy`` and ``queries.npy``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "base.npy", rng.normal(size=(n, d)).astype(np.float32))
+    np.save(folder / "queries.npy", rng.normal(size=(nq, d)).astype(np.float32))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Tiny:
     return Tiny()

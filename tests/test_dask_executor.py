@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -29,6 +28,7 @@ from harness.executor import ProcessExecutor
 from harness.store import ResultStore
 from harness.sweep import SweepConfig, run_sweep
 from harness.worker import Task
+from tests.conftest import write_vector_folder
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
 
@@ -42,14 +42,6 @@ SAME = ["status", "recall_at_1", "recall_at_10", "recall_at_100", "recall_dist_a
         "per_query_recall_at_10", "build_params", "search_params", "dataset_fingerprint"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc and flock")
-
-
-def write_data(folder: Path, n: int = 2000, d: int = 16, nq: int = 20) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "base.npy", rng.normal(size=(n, d)).astype(np.float32))
-    np.save(folder / "queries.npy", rng.normal(size=(nq, d)).astype(np.float32))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def dataset(tmp_path, monkeypatch):
     from harness.loaders import load_dataset
 
     monkeypatch.setenv("VECBUDGET_CACHE", str(tmp_path / "cache"))
-    return load_dataset(str(write_data(tmp_path / "data")), progress=False)
+    return load_dataset(str(write_vector_folder(tmp_path / "data")), progress=False)
 
 
 def sweep(ds, store: Path, executor, **cfg) -> pd.DataFrame:
@@ -201,7 +193,7 @@ def harness_workers(tmpdir: Path) -> list[tuple[int, Path]]:
 
 
 def test_killing_the_dask_worker_of_a_task_gives_a_crashed_row_and_the_sweep_finishes(tmp_path):
-    data, tmpdir, results = write_data(tmp_path / "data"), tmp_path / "tmp", tmp_path / "res"
+    data, tmpdir, results = write_vector_folder(tmp_path / "data"), tmp_path / "tmp", tmp_path / "res"
     tmpdir.mkdir()
     env = {**os.environ, "VECBUDGET_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmpdir),
            "VECBUDGET_PLUGINS": str(PLUGIN), "VECBUDGET_TEST_SLOW_S": "60"}

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.conftest import write_vector_folder
+
 REPO = Path(__file__).resolve().parents[1]
 RAISES = str(REPO / "tests" / "plugins" / "vecbudget_raises.py")
 
@@ -24,13 +26,8 @@ def parts(results: Path) -> list[Path]:
     return sorted(p for p in (results / "runs").glob("*.parquet") if not p.name.startswith("."))
 
 
-def _folder(tmp_path: Path, n: int = 300, d: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    np.save(folder / "base.npy", rng.normal(size=(n, d)).astype(np.float32))
-    np.save(folder / "queries.npy", rng.normal(size=(10, d)).astype(np.float32))
-    return folder
+def _folder(tmp_path: Path) -> Path:
+    return write_vector_folder(tmp_path / "data", n=300, d=8, nq=10)
 
 
 def test_a_deterministic_failure_is_kept_and_reported_until_its_cause_changes(tmp_path):

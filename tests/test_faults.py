@@ -25,6 +25,7 @@ from harness.claims import Claims
 from harness.executor import ProcessExecutor, child_limits, remove_stale_task_folders
 from harness.store import ResultStore
 from harness.worker import Task
+from tests.conftest import write_vector_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "tests" / "plugins" / "vecbudget_faults.py"
@@ -33,14 +34,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 
 # ----- helpers -----------------------------------------------------------------------------
-def write_data(folder: Path, n: int = 2000, d: int = 16, nq: int = 20) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "base.npy", rng.normal(size=(n, d)).astype(np.float32))
-    np.save(folder / "queries.npy", rng.normal(size=(nq, d)).astype(np.float32))
-    return folder
-
-
 def env_for(tmp: Path, **extra: str) -> dict[str, str]:
     (tmp / "tmp").mkdir(exist_ok=True)
     return {**os.environ, "VECBUDGET_CACHE": str(tmp / "cache"), "TMPDIR": str(tmp / "tmp"),
@@ -97,7 +90,7 @@ def stored(results: Path) -> pd.DataFrame:
 
 # ----- crashes become failed rows ------------------------------------------------------------
 def test_segfault_abort_oom_and_hang_each_become_a_failed_row(tmp_path):
-    data = write_data(tmp_path / "data")
+    data = write_vector_folder(tmp_path / "data")
     out = subprocess.run(
         run_args(data, tmp_path / "res", ["fault-segfault", "fault-abort", "fault-oom", "fault-hang", "exact"],
                  "--time-limit", "4", "--memory-limit-gb", "2"),
@@ -129,7 +122,7 @@ def test_a_worker_stops_itself_at_its_time_limit_without_its_parent():
 
 
 def test_killing_the_command_kills_its_worker_and_the_next_run_sweeps_its_folder(tmp_path):
-    data = write_data(tmp_path / "data")
+    data = write_vector_folder(tmp_path / "data")
     env, tmpdir = env_for(tmp_path), tmp_path / "tmp"
     hang = subprocess.Popen(run_args(data, tmp_path / "res", ["fault-hang"], "--time-limit", "120"),
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,7 +170,7 @@ def test_the_executor_names_task_folders_after_its_pid(tmp_path, monkeypatch):
 
 def test_kill_loop_leaves_no_corrupt_file_duplicate_leak_or_orphan(tmp_path):
     """SIGKILL the command alone, or its whole process group, at random moments; then resume."""
-    data = write_data(tmp_path / "data")
+    data = write_vector_folder(tmp_path / "data")
     # workers busy for 1.5 s: a worker that outlived its command would still be there to see
     env, tmpdir, results = env_for(tmp_path, VECBUDGET_TEST_SLOW_S="1.5"), tmp_path / "tmp", tmp_path / "res"
     args = run_args(data, results, ["exact", "sq8", "test-slow"])
@@ -237,7 +230,7 @@ def test_kill_loop_leaves_no_corrupt_file_duplicate_leak_or_orphan(tmp_path):
 
 # ----- two runs into one results folder ------------------------------------------------------
 def test_two_concurrent_runs_measure_each_configuration_once(tmp_path):
-    data = write_data(tmp_path / "data")
+    data = write_vector_folder(tmp_path / "data")
     env, results = env_for(tmp_path, VECBUDGET_TEST_SLOW_S="1.0"), tmp_path / "res"
     prepare = subprocess.run([sys.executable, "cli.py", "datasets", "prepare", str(data)], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=120)
