@@ -286,3 +286,31 @@ def flatten_stats(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def pointwise_lid(base: np.ndarray, k: int = 20, metric: str = "l2", ids: np.ndarray | None = None) -> np.ndarray:
+    """MLE LID (:func:`lid_mle`) of every base vector, or of the rows ``ids``, against the whole base.
+
+    The same estimator as ``vecbudget datasets info`` (:func:`dataset_stats`): the k smallest
+    positive Euclidean distances to the other base vectors, found exactly with faiss in chunks
+    (O(n²·d) work: meant for the 10⁴–10⁵ vectors of this project's data sets), the point itself
+    and its exact copies excluded. Geometry as in the module doc: L2-normalised vectors for
+    ``cosine``, raw vectors for ``l2`` and ``ip`` (harness data of a cosine data set reach the
+    methods already normalised as ``ip``, so both give the same LID there). Returns float64 of
+    shape (len(ids),); NaN where the estimate does not exist (fewer than k positive distances
+    among the ``2k+1`` nearest, or all k equal).
+    """
+    if metric not in METRICS:
+        raise DataError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    if k < 2:
+        raise ValueError("k must be at least 2 for the LID estimator")
+    validate_vectors(base, "base")
+    space = _Space(base, metric == "cosine")
+    rows = np.arange(base.shape[0]) if ids is None else np.asarray(ids, dtype=np.int64)
+    out = np.full(rows.size, np.nan)
+    step = max(1, _ROWS // 4)
+    for s in range(0, rows.size, step):
+        idc = rows[s : s + step]
+        dist, _ = _positive_knn(space, space[idc], idc, k)
+        out[s : s + step] = lid_mle(dist)
+    return out

@@ -840,7 +840,8 @@ def _rows_sentence(reps: list[DatasetReport], n_rows: int) -> str:
             f"{len(reps)} data set(s) are reported (older runs of a configuration and failed runs are not ranked).")
 
 
-def index_page(reps: list[DatasetReport], methods: dict[str, dict[str, Any]], n_rows: int) -> str:
+def index_page(reps: list[DatasetReport], methods: dict[str, dict[str, Any]], n_rows: int,
+               studies_html: str = "") -> str:
     rows = []
     for rep in reps:
         info = rep.info
@@ -872,7 +873,7 @@ and the recommendation; each method page has its configurations and the provenan
          ("configs", ""), ("methods", ""), ("latest run (UTC)", ""), ("best per budget (B/vec: method)", "")],
         rows, tid="datasets")}
 {f"<ul>{summaries}</ul>" if summaries else ""}
-<h2>Methods</h2>
+{studies_html}<h2>Methods</h2>
 {_table([("method", ""), ("family", ""), ("bytes per vector", ""), ("paper", ""),
          ("paper's recipe", "post-hoc: the recipe cannot run here, its closest post-hoc version does; "
           "variants: named departures, each its own leaderboard entry")],
@@ -885,6 +886,48 @@ and the recommendation; each method page has its configurations and the provenan
 # Markdown
 
 
+INSERTION_ORDER_STUDY = "insertion_order.md"  # written by benchmarks/insertion_order.py
+
+
+def insertion_order_summary(results_dir: Path) -> tuple[list[str], list[list[str]], str] | None:
+    """The effect-size table of ``results_dir/insertion_order.md`` (headers, rows, the sentence
+    after it), or None when the study has not been run."""
+    try:
+        text = (Path(results_dir) / INSERTION_ORDER_STUDY).read_text()
+    except OSError:
+        return None
+    section: list[str] = []
+    for ln in text.splitlines():
+        if section and ln.startswith("## "):
+            break
+        if section or ln.startswith("## Effect size"):
+            section.append(ln)
+    table = [ln for ln in section if ln.startswith("|")]
+    if len(table) < 3:
+        return None
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", ln.strip())[1:-1]] for ln in table]
+    note = " ".join(ln for ln in section[1:] if ln and not ln.startswith("|"))
+    return cells[0], cells[2:], note
+
+
+def _insertion_order_html(results_dir: Path, site: Path) -> str:
+    summary = insertion_order_summary(results_dir)
+    if summary is None:
+        return ""
+    headers, rows, note = summary
+    link = Path(os.path.relpath(Path(results_dir) / INSERTION_ORDER_STUDY, site)).as_posix()
+
+    def cell(c: str) -> str:
+        return _e(c.strip("*`")) if not (c.startswith("**") and c.endswith("**")) else f"<b>{_e(c[2:-2])}</b>"
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (f'<h2>HNSW insertion order and local intrinsic dimension</h2>\n<p>Recall@10 spread across '
+            f'insertion orders at fixed M/ef (<code>benchmarks/insertion_order.py</code>; full tables: '
+            f'<a href="{_e(link)}">{INSERTION_ORDER_STUDY}</a>). {_e(note.replace("**", "").replace("`", ""))}</p>\n'
+            f'<table class="study"><thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in headers)}</tr></thead>'
+            f'<tbody>{body}</tbody></table>\n')
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -895,7 +938,8 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows: int) -> str:
+def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows: int,
+                    results_dir: Path | None = None) -> str:
     rel = Path(os.path.relpath(site, md_path.parent)).as_posix()
     lines = ["# vecbudget report", "",
              f"Built from `runs/*.parquet`: {_rows_sentence(reps, n_rows)} Browsable site with sortable "
@@ -964,6 +1008,14 @@ def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows
             lines.append("")
         for name, (png, _svg) in rep.plots.items():
             lines += [f"![{rep.name}: {name.replace('_', ' ')}]({rel}/{png})", ""]
+    study = insertion_order_summary(results_dir) if results_dir is not None else None
+    if study is not None:
+        link = Path(os.path.relpath(Path(results_dir) / INSERTION_ORDER_STUDY, md_path.parent)).as_posix()
+        lines += ["## HNSW insertion order and local intrinsic dimension", "",
+                  f"Recall@10 spread across insertion orders at fixed M/ef (`benchmarks/insertion_order.py`; "
+                  f"full tables: [{INSERTION_ORDER_STUDY}]({link})).", "",
+                  "| " + " | ".join(study[0]) + " |", "|" + "|".join("---" for _ in study[0]) + "|",
+                  *("| " + " | ".join(r) + " |" for r in study[1]), "", study[2], ""]
     return "\n".join(lines) + "\n"
 
 
@@ -1065,12 +1117,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
             page = tmp / "methods" / f"{_slug(m)}.html"
             if m in touched or not page.is_file():  # a method only in kept data sets keeps its page
                 page.write_text(method_page(m, infos[m], reps, cache))
-        (tmp / "index.html").write_text(index_page(reps, infos, len(df)))
+        (tmp / "index.html").write_text(index_page(reps, infos, len(df), _insertion_order_html(results_dir, site)))
         _swap_in(tmp, site)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(md_path, markdown_report(reps, site, md_path, len(df)))
+    atomic_write_text(md_path, markdown_report(reps, site, md_path, len(df), results_dir))
     md_path.chmod(0o644)  # readable like the site's files (the atomic writer's temp file is 0600)
     return ReportPaths(site, md_path, [r.name for r in reps], method_names, rebuilt)
 

@@ -23,6 +23,23 @@ and 65 536 label-operation mutexes (2.6 MB) — is allocator/implementation over
 +90 B per vector; like the faiss methods (measured as their serialised structure), it is left out
 so that methods are compared on their data structures. ef_construction is fixed at 100 (hnswlib's
 default is 200) to keep a 20 000 × 384 build near 10–20 s on one core.
+
+Insertion order (build parameter ``insertion_order``, not in the default grid). HNSW's graph
+depends on the order points are inserted (Elliott & Clark, "The Impacts of Data, Ordering, and
+Intrinsic Dimensionality on Recall in Hierarchical Navigable Small Worlds", 2024):
+
+* ``data`` (default, the behaviour before this parameter existed): the order ``add`` is given;
+* ``random``: a permutation drawn from build parameter ``seed`` (default 0);
+* ``lid-asc`` / ``lid-desc``: by pointwise MLE LID (:func:`harness.intrinsic.pointwise_lid`,
+  k = 20, the estimator of ``vecbudget datasets info``), ties and NaN estimates last, in data order;
+* ``category``: grouped by a k-means cluster label of the vectors (``categories`` clusters,
+  default 32; clusters in label order, data order inside a cluster). The method sees no per-vector
+  labels through the contract, so this is a data-derived stand-in for the paper's known
+  categories; ``benchmarks/insertion_order.py`` uses WordNet's real lexicographer files instead.
+
+The ids stay the harness's: vectors are inserted in the chosen order with label = their position
+in ``add`` (hnswlib stores a label per element anyway, so no byte is added). None of these is a
+departure from the HNSW paper's recipe (which fixes no order); they are a build parameter.
 """
 
 from __future__ import annotations
@@ -39,6 +56,38 @@ from harness.registry import register
 EF_CONSTRUCTION = 100
 HEADER_BYTES = 96
 SPACES = {"l2": "l2", "ip": "ip"}
+
+
+INSERTION_ORDERS = ("data", "random", "lid-asc", "lid-desc", "category")
+LID_K = 20
+DEFAULT_CATEGORIES = 32
+
+
+def insertion_permutation(x: np.ndarray, order: str = "data", metric: str = "l2", *, seed: int = 0,
+                          categories: int = DEFAULT_CATEGORIES) -> np.ndarray | None:
+    """The positions of ``x`` in the order HNSW inserts them (int64, a permutation of 0..n-1),
+    or None for ``data`` (the given order). See the module doc for the orders."""
+    if order not in INSERTION_ORDERS:
+        raise ValueError(f"unknown insertion_order {order!r}; valid: {', '.join(INSERTION_ORDERS)}")
+    n = x.shape[0]
+    if order == "data":
+        return None
+    if order == "random":
+        return np.random.default_rng(int(seed)).permutation(n).astype(np.int64)
+    if order in ("lid-asc", "lid-desc"):
+        from harness.intrinsic import pointwise_lid
+
+        lid = pointwise_lid(x, k=min(LID_K, max(2, n // 3)), metric=metric)
+        key = np.where(np.isnan(lid), np.inf, lid if order == "lid-asc" else -lid)
+        return np.argsort(key, kind="stable").astype(np.int64)
+    import faiss  # category: k-means labels
+
+    c = int(max(1, min(int(categories), n // 39 or 1)))
+    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=int(seed) + 1234, verbose=False,
+                      spherical=metric == "ip")
+    km.train(x)
+    _, labels = km.index.search(x, 1)
+    return np.argsort(labels[:, 0], kind="stable").astype(np.int64)
 
 
 def hnswlib_bytes_per_vector(dim: int, n: int, M: int) -> float:
@@ -61,6 +110,10 @@ class HNSW(Method):
     def bytes_per_vector(cls, dim: int, n: int, M: int = 16, **_: Any) -> float:
         return hnswlib_bytes_per_vector(dim, n, int(M))
 
+    @classmethod
+    def is_valid(cls, dim: int, **build_params: Any) -> bool:
+        return build_params.get("insertion_order", "data") in INSERTION_ORDERS
+
     def __init__(self, dim: int, metric: str, **build_params: Any):
         super().__init__(dim, metric, **build_params)
         self.index: hnswlib.Index | None = None
@@ -78,7 +131,13 @@ class HNSW(Method):
         self.index.init_index(max_elements=x.shape[0], M=int(self.params.get("M", 16)),
                               ef_construction=EF_CONSTRUCTION, random_seed=100)
         self.index.set_num_threads(self.threads)
-        self.index.add_items(x, np.arange(x.shape[0]), num_threads=self.threads)
+        perm = insertion_permutation(x, str(self.params.get("insertion_order", "data")), self.metric,
+                                     seed=int(self.params.get("seed", 0)),
+                                     categories=int(self.params.get("categories", DEFAULT_CATEGORIES)))
+        if perm is None:
+            self.index.add_items(x, np.arange(x.shape[0]), num_threads=self.threads)
+        else:  # labels are the positions in `add`, so ids stay the harness's
+            self.index.add_items(x[perm], perm, num_threads=self.threads)
         self.ntotal = x.shape[0]
 
     def search(self, queries: np.ndarray, k: int, ef: int = 64, **_: Any) -> tuple[np.ndarray, np.ndarray]:
