@@ -14,7 +14,13 @@ one thread for faiss's OpenMP and for BLAS):
 
 QPS: one batched ``search`` call over all queries (as the harness's ``qps_1t``), timed
 alternately with its reference for at least 4 s (at most 40 rounds); each side's best run counts,
-so a busy machine disturbs both sides alike. Writes ``results/scan_speed.csv`` and ``results/scan_speed.md`` atomically.
+so a busy machine disturbs both sides alike. Single-query latency (as the harness's
+``latency_p50_ms``): the first ``--latency-queries`` queries searched one at a time, each timed
+right after the reference's search of the same query (p50 of each side; ``latency_ratio`` =
+p50 / reference p50, aim <= 2); ``numpy_p50_ms`` times the method's numpy (GEMM) scan on the first
+``--numpy-latency-queries`` queries the same way, for the methods with compiled small-batch kernels
+(search parameter ``kernel``). Writes ``results/scan_speed.csv`` and ``results/scan_speed.md``
+atomically; the note names the BLAS library that ran (``harness.provenance.blas_info``).
 """
 
 from __future__ import annotations
@@ -43,14 +49,17 @@ import faiss  # noqa: E402
 from harness.groundtruth import exact_knn  # noqa: E402
 from harness.io import atomic_write_text  # noqa: E402
 from harness.method import Method  # noqa: E402
-from harness.provenance import cpu_model  # noqa: E402
+from harness.provenance import blas_info, cpu_model  # noqa: E402
 
 #: modules holding the methods compared here (imported one by one: a broken unrelated plugin
 #: must not stop the benchmark); lvq is optional
 MODULES = ["methods.lvq", "methods.bebr", "methods.itq", "methods.osq", "methods.nonuniform"]
 
-COLUMNS = ["method", "params", "bytes_per_vector", "qps", "reference", "reference_qps", "ratio",
-           "recall_at_10", "reference_recall_at_10", "cpu_model", "date"]
+COLUMNS = ["method", "params", "bytes_per_vector", "p50_ms", "reference_p50_ms", "latency_ratio", "numpy_p50_ms",
+           "qps", "reference", "reference_qps", "ratio", "recall_at_10", "reference_recall_at_10", "cpu_model",
+           "date"]
+#: methods whose search takes ``kernel`` (compiled small-batch kernels vs the numpy scan)
+KERNEL_METHODS = {"lvq", "bebr-residual", "osq", "nupes", "kvquant-nuq"}
 
 
 def load_methods() -> dict[str, type[Method]]:
@@ -99,6 +108,25 @@ def interleaved_qps(fn: Callable[[], Any], ref: Callable[[], Any], nq: int, min_
     return nq / best_f, nq / best_r
 
 
+def interleaved_latency(fn: Callable[[int], Any], ref: Callable[[int], Any], nq: int) -> tuple[float, float]:
+    """p50 single-query latency (ms) of ``fn(i)`` and ``ref(i)`` over queries 0..nq-1, each query
+    timed on both sides back to back."""
+    a, b = np.empty(nq), np.empty(nq)
+    for i in range(nq):
+        t0 = time.perf_counter_ns()
+        fn(i)
+        t1 = time.perf_counter_ns()
+        ref(i)
+        t2 = time.perf_counter_ns()
+        a[i], b[i] = (t1 - t0) / 1e6, (t2 - t1) / 1e6
+    return float(np.median(a)), float(np.median(b))
+
+
+def single_query(index: Method, queries: np.ndarray, k: int, sp: dict[str, Any]) -> Callable[[int], Any]:
+    """i -> index.search of query i alone."""
+    return lambda i: index.search(queries[i : i + 1], k, **sp)
+
+
 def recall10(ids: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean([len(set(a[:10].tolist()) & set(b[:10].tolist())) / 10 for a, b in zip(ids, gt, strict=True)]))
 
@@ -128,8 +156,8 @@ def load_data(path: str | None, n: int, nq: int, seed: int) -> tuple[np.ndarray,
 # ----- the two sides ---------------------------------------------------------------------------
 def build_method(name: str, params: dict[str, Any], base: np.ndarray, queries: np.ndarray, k: int,
                  metric: str, search_params: dict[str, Any] | None = None
-                 ) -> tuple[Callable[[], Any], float, np.ndarray]:
-    """(search closure, analytic bytes per vector, ids) of a registered method."""
+                 ) -> tuple[Callable[[], Any], float, np.ndarray, Method]:
+    """(search closure, analytic bytes per vector, ids, index) of a registered method."""
     cls = METHODS[name]
     index = cls(base.shape[1], metric, **params)
     index.set_num_threads(1)
@@ -138,16 +166,17 @@ def build_method(name: str, params: dict[str, Any], base: np.ndarray, queries: n
     limit_threads()
     sp = search_params or {}
     _, ids = index.search(queries, k, **sp)
-    return (lambda: index.search(queries, k, **sp)), float(cls.bytes_per_vector(base.shape[1], base.shape[0], **params)), ids
+    return ((lambda: index.search(queries, k, **sp)), float(cls.bytes_per_vector(base.shape[1], base.shape[0], **params)),
+            ids, index)
 
 
-_REF_CACHE: dict[tuple, tuple[str, Callable[[], Any], np.ndarray]] = {}
+_REF_CACHE: dict[tuple, tuple[str, Callable[[], Any], np.ndarray, Callable[[int], Any]]] = {}
 METHODS: dict[str, type[Method]] = {}
 
 
 def build_reference(kind: str, bits: int, base: np.ndarray, queries: np.ndarray, k: int,
-                    metric: str) -> tuple[str, Callable[[], Any], np.ndarray]:
-    """faiss kernel: ``binary`` (IndexBinaryFlat with ``bits`` bits) or ``sq`` (SQ4/SQ8 flat)."""
+                    metric: str) -> tuple[str, Callable[[], Any], np.ndarray, Callable[[int], Any]]:
+    """faiss kernel (label, batch search, ids, single-query search of query i): ``binary`` (IndexBinaryFlat with ``bits`` bits) or ``sq`` (SQ4/SQ8 flat)."""
     d = base.shape[1]
     key = (kind, bits)
     if key in _REF_CACHE:
@@ -170,7 +199,7 @@ def build_reference(kind: str, bits: int, base: np.ndarray, queries: np.ndarray,
         xq = queries
     limit_threads()
     _, ids = index.search(xq, k)
-    _REF_CACHE[key] = (label, lambda: index.search(xq, k), ids)
+    _REF_CACHE[key] = (label, lambda: index.search(xq, k), ids, lambda i: index.search(xq[i : i + 1], k))
     return _REF_CACHE[key]
 
 
@@ -180,9 +209,8 @@ def pairs(d: int, registered: dict[str, Any]) -> list[tuple[str, dict[str, Any],
     if "lvq" in registered:
         out.append(("lvq", {"bits1": 8}, {}, "sq", 8))
     for u, bits in [(1, 1), (2, 1), (4, 1), (2, 2)]:
-        kernels = ["popcount", "gemm"] if u * bits == 1 else ["auto"]
-        for kernel in kernels:
-            out.append(("bebr-residual", {"u": u, "bits": bits}, {"kernel": kernel}, "binary", d * u * bits))
+        # auto: the compiled kernel for single queries, popcount (one plane) or GEMM for the batch
+        out.append(("bebr-residual", {"u": u, "bits": bits}, {}, "binary", d * u * bits))
     for c in (64, 128, 256, d):
         out.append(("itq", {"bits": c, "rerank": 0}, {}, "binary", c))
     for b in (4, 8):
@@ -192,14 +220,20 @@ def pairs(d: int, registered: dict[str, Any]) -> list[tuple[str, dict[str, Any],
     return [p for p in out if p[0] in registered]
 
 
-def markdown(rows: list[dict[str, Any]], label: str, k: int, nq: int) -> str:
+def markdown(rows: list[dict[str, Any]], label: str, k: int, nq: int, argv: list[str], blas: str) -> str:
     lines = [
         "# Scan speed: custom scans vs the closest faiss kernel",
         "",
         f"Data: {label}; {nq} queries, k={k}; one thread (faiss OpenMP and BLAS). QPS: best of",
         "batched searches timed alternately with the reference. ratio = qps / reference_qps",
-        "(aim: >= 0.5). Produced by",
-        "`python benchmarks/scan_speed.py`.",
+        "(aim: >= 0.5). Single-query latency: p50 over the first queries searched one at a time, each",
+        "right after the reference's search of the same query; latency_ratio = p50_ms / reference_p50_ms",
+        "(aim: <= 2); numpy_p50_ms: the method's numpy (GEMM) scan, the path before the compiled",
+        "small-batch kernels, on fewer queries. Produced by",
+        f"`python benchmarks/scan_speed.py {' '.join(argv)}`.".replace(" `", "`"),
+        "",
+        "The machine is shared with other jobs (timings are noisy; both sides of a ratio are timed",
+        f"alternately). BLAS: {blas}.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -208,7 +242,8 @@ def markdown(rows: list[dict[str, Any]], label: str, k: int, nq: int) -> str:
         cells = []
         for c in COLUMNS:
             v = r[c]
-            cells.append(f"{v:.3f}" if isinstance(v, float) and c in ("ratio", "recall_at_10", "reference_recall_at_10")
+            cells.append(f"{v:.3f}" if isinstance(v, float) and c in ("ratio", "recall_at_10", "reference_recall_at_10",
+                                                                      "p50_ms", "reference_p50_ms", "numpy_p50_ms")
                          else f"{v:.1f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -224,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", help="only these methods")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency-queries", type=int, default=200, help="single queries timed per pair")
+    ap.add_argument("--numpy-latency-queries", type=int, default=10,
+                    help="single queries timed on the numpy scan (0: skip)")
     args = ap.parse_args(argv)
+    shown_argv = list(sys.argv[1:] if argv is None else argv)
 
     limit_threads()
     METHODS.update(load_methods())
@@ -241,17 +280,29 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, params, sparams, kind, bits in todo:
         try:
-            search, bpv, ids = build_method(name, params, base, queries, args.k, args.metric, sparams)
+            search, bpv, ids, index = build_method(name, params, base, queries, args.k, args.metric, sparams)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
             print(f"{name} {params}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        ref, ref_search, ref_ids = build_reference(kind, bits, base, queries, args.k, args.metric)
+        ref, ref_search, ref_ids, ref_single = build_reference(kind, bits, base, queries, args.k, args.metric)
+        nlat = min(args.latency_queries, queries.shape[0])
+        p50, ref_p50 = interleaved_latency(single_query(index, queries, args.k, sparams), ref_single, nlat)
+        numpy_p50: float | str = ""
+        nnp = min(args.numpy_latency_queries, queries.shape[0])
+        if name in KERNEL_METHODS and nnp:
+            # the path small batches took before the compiled kernels (bebr: popcount for <= 4 queries)
+            np_sp = {**sparams, "kernel": "popcount" if name == "bebr-residual" else "numpy"}
+            numpy_p50 = round(interleaved_latency(single_query(index, queries, args.k, np_sp), ref_single, nnp)[0], 3)
         qps, ref_qps = interleaved_qps(search, ref_search, queries.shape[0])
         shown = {**params, **sparams}
         row = {
             "method": name,
             "params": " ".join(f"{k}={v}" for k, v in shown.items()),
             "bytes_per_vector": round(bpv, 1),
+            "p50_ms": round(p50, 3),
+            "reference_p50_ms": round(ref_p50, 3),
+            "latency_ratio": round(p50 / ref_p50, 2),
+            "numpy_p50_ms": numpy_p50,
             "qps": round(qps, 1),
             "reference": ref,
             "reference_qps": round(ref_qps, 1),
@@ -261,15 +312,24 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_model": cpu,
             "date": date,
         }
-        print(f"{name:14s} {row['params']:32s} {qps:9.1f} qps  vs {ref:40s} {ref_qps:9.1f}  ratio {row['ratio']:.2f}",
-              flush=True)
+        print(f"{name:14s} {row['params']:32s} p50 {p50:8.3f} ms vs {ref_p50:7.3f} ({row['latency_ratio']:.2f}x; "
+              f"numpy {numpy_p50}) | {qps:9.1f} qps vs {ref:40s} {ref_qps:9.1f}  ratio {row['ratio']:.2f}", flush=True)
         rows.append(row)
     out = Path(args.out)
     csv_lines = [",".join(COLUMNS)] + [",".join(_csv(r[c]) for c in COLUMNS) for r in rows]
     atomic_write_text(out / "scan_speed.csv", "\n".join(csv_lines) + "\n")
-    atomic_write_text(out / "scan_speed.md", markdown(rows, label, args.k, queries.shape[0]))
+    atomic_write_text(out / "scan_speed.md", markdown(rows, label, args.k, queries.shape[0], shown_argv, _blas_text()))
     print(f"wrote {out / 'scan_speed.csv'} and {out / 'scan_speed.md'}")
     return 0
+
+
+def _blas_text() -> str:
+    """The BLAS libraries that ran (threadpoolctl), in a few words."""
+    info = blas_info()
+    libs = [f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')} kernel, "
+            f"{lib.get('num_threads')} thread(s))" if "error" not in lib else lib["error"] for lib in info["libraries"]]
+    env = ", ".join(f"{k}={v}" for k, v in sorted(info["env"].items()))
+    return "; ".join(libs) + (f"; {env}" if env else "")
 
 
 def _csv(v: Any) -> str:

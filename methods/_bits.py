@@ -11,7 +11,10 @@
 Asymmetric distance with per-dimension lookup tables, ``sum_j LUT_j[q, code_j]`` with
 ``LUT_j[q, c] = (q_j - level_j[c])^2``, equals ``|q|^2 + |r|^2 - 2 q.r`` with ``r_j = level_j[code_j]``;
 the decoders here gather ``r`` through the level table and use the second form, which turns the
-per-vector table look-ups into one dense matrix product per block of vectors.
+per-vector table look-ups into one dense matrix product per block of vectors. That decode is
+shared by a large batch of queries but paid in full by a single query, so small batches
+(``methods/_kernels.py``: :data:`~methods._kernels.SMALL_BATCH`) take ``lut_search`` instead: the
+first form, summed over groups of packed dimensions by a compiled kernel, with no decoding.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable
 
 import faiss
 import numpy as np
+
+from methods import _kernels
 
 #: byte value -> its 8 bits as ±1 floats, least significant bit first
 SIGN_LUT = (((np.arange(256)[:, None] >> np.arange(8)) & 1) * 2 - 1).astype(np.float32)
@@ -354,6 +359,58 @@ def blocked_search(queries: np.ndarray, n: int, k: int, metric: str, decode: Dec
     for (q0, q1), top in zip(chunks, tops, strict=True):
         out_d[q0:q1], out_i[q0:q1] = top.result()
     return out_d, out_i
+
+
+class LUTLayout:
+    """The lookup-table groups of a code layout (:func:`methods._kernels.lut_groups`): a few
+    integers per group and per dimension, kept with the index and counted in its memory."""
+
+    def __init__(self, widths: np.ndarray):
+        self.widths = np.asarray(widths, dtype=np.int64)
+        self.groups = _kernels.lut_groups(self.widths)
+        self.groups["bytewise"] = _kernels.bytewise(self.groups, code_bytes(self.widths))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.groups.values() if isinstance(a, np.ndarray)))
+
+
+def dim_scores(queries: np.ndarray, table: LevelTable, metric: str) -> np.ndarray:
+    """Per query, every level's score on its dimension (nq, L) float32: ``q_j·level`` (ip) or
+    ``(q_j - level)^2`` (l2), in the flat layout of ``table``."""
+    qrep = np.repeat(np.asarray(queries, dtype=np.float32), 1 << table.widths, axis=1)
+    if metric == "ip":
+        return qrep * table.flat
+    qrep -= table.flat
+    qrep *= qrep
+    return qrep
+
+
+#: fix(scores (nq, b), b0, b1, per-level scores (nq, L)) -> None: in-place per-vector corrections
+Fix = Callable[[np.ndarray, int, int, np.ndarray], None]
+
+
+def lut_search(queries: np.ndarray, codes: np.ndarray, table: LevelTable, layout: LUTLayout, k: int,
+               metric: str, fix: Fix | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by per-query lookup tables: score ``sum_j LUT_j[q, code_j]`` with the LUT of
+    :func:`dim_scores` (inner product, or squared L2 to the reconstruction), summed by the
+    compiled kernel over bit groups of the packed codes. Same scores as :func:`blocked_search`
+    on the decoded levels, up to float rounding."""
+    ds = dim_scores(queries, table, metric)
+    luts = _kernels.build_luts(ds, table.offsets, table.widths, layout.groups)
+    zero = np.flatnonzero(table.widths == 0)
+    const = ds[:, table.offsets[zero]].sum(axis=1, dtype=np.float32)[:, None] if zero.size else None
+    n = codes.shape[0]
+    top = TopK(ds.shape[0], k, metric)
+    for b0 in range(0, n, _kernels.BLOCK):
+        b1 = min(b0 + _kernels.BLOCK, n)
+        s = _kernels.lut_scores(codes[b0:b1], luts, layout.groups)
+        if const is not None:
+            s += const
+        if fix is not None:
+            fix(s, b0, b1, ds)
+        top.add(s, b0)
+    return top.result()
 
 
 def rerank_exact(vectors: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int,

@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from harness.errors import DataError
+from methods import _kernels
 
 F16_MAX = float(np.finfo(np.float16).max)
 
@@ -220,6 +221,7 @@ class LVQStore:
                 self.codes2[j0:j1] = pack(
                     lvq_residual_encode(xc, codes, lo16, step16, self.bits2), self.bits2
                 )
+        _kernels.warm_up()  # compile the scan kernels here, not in a timed search
 
     # ---- decode ------------------------------------------------------------------------
     def _decode(self, rows: slice | np.ndarray, level: int, centred: bool) -> np.ndarray:
@@ -249,7 +251,7 @@ class LVQStore:
         return self._decode(np.asarray(ids, dtype=np.int64), level, centred)
 
     # ---- search ------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, metric: str, kernel: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive top-k of float queries against the first-level codes.
 
         With q' = q (inner product) or q − μ (L2) and x̂' = ℓ + Δ·c the centred reconstruction,
@@ -258,6 +260,10 @@ class LVQStore:
         L2 uses ‖q' − x̂'‖² = ‖q'‖² − 2 q'·x̂' + ‖x̂'‖² with ‖x̂'‖² = d·ℓ² + 2ℓΔ·Σc + Δ²·Σc²
         computed from the same block. Inner-product scores get q·μ added back, so every score
         is that of the one-level reconstruction. Blocks are merged in a faiss heap.
+
+        Up to ``_kernels.SMALL_BATCH`` queries (``kernel="auto"``; ``"compiled"`` always,
+        ``"numpy"`` never) skip the float conversion: q'·c, Σc and Σc² come from a compiled
+        integer-code dot product over the packed codes, with the same affine terms.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         nq = q.shape[0]
@@ -267,18 +273,25 @@ class LVQStore:
         qnorm = None if ip else np.einsum("ij,ij->i", qs, qs)[:, None]
         heap = faiss.ResultHeap(nq, k, keep_max=ip)
         subset = np.arange(nq, dtype=np.int64)
-        step = block_rows(self.dim)
+        compiled = _kernels.use_kernels(nq, kernel)
+        step = _kernels.BLOCK if compiled else block_rows(self.dim)
         for b0 in range(0, self.ntotal, step):
             b1 = min(self.ntotal, b0 + step)
-            c = unpack(self.codes1[b0:b1], self.bits1, self.dim).astype(np.float32)
             lo = self.lower[b0:b1].astype(np.float32)
             st = self.step[b0:b1].astype(np.float32)
-            scores = qs @ c.T  # q'·c
+            if compiled:
+                scores, csum, csq = _kernels.dot_codes(self.codes1[b0:b1], qs, self.bits1, self.dim, not ip)
+            else:
+                c = unpack(self.codes1[b0:b1], self.bits1, self.dim).astype(np.float32)
+                scores = qs @ c.T  # q'·c
             scores *= st
             scores += qsum * lo  # q'·x̂'
             if not ip:
-                csum = c.sum(axis=1)
-                csq = np.einsum("ij,ij->i", c, c)
+                if not compiled:
+                    csum = c.sum(axis=1)
+                    csq = np.einsum("ij,ij->i", c, c)
+                csum = csum.astype(np.float32)
+                csq = csq.astype(np.float32)
                 xnorm = self.dim * lo * lo + 2 * lo * st * csum + st * st * csq
                 scores *= -2
                 scores += xnorm

@@ -26,7 +26,9 @@ This module is the training-free variant (the learned one is ``methods/bebr_lear
   ``sum_t a_t b_t`` and multiply by the binarized queries' reconstructions with BLAS: the same
   integer-weighted sums). Popcount work grows with the square of the number of planes, the
   GEMM's does not; ``auto`` (default) takes popcount for one plane or at most 4 queries and GEMM
-  otherwise. Measured by ``benchmarks/scan_speed.py`` (20000 x 384, 1000 queries, one thread,
+  otherwise; up to ``_kernels.SMALL_BATCH`` queries (codes of a multiple of 64 bits) take
+  ``compiled``, a numba kernel doing all plane pairs of a vector on 64-bit words (kernel
+  ``compiled``). Measured before that kernel by ``benchmarks/scan_speed.py`` (20000 x 384, 1000 queries, one thread,
   timed alternately with faiss ``IndexBinaryFlat`` on the same number of bits): one plane,
   popcount 0.90x and GEMM 0.56x faiss's QPS; 2 planes (GEMM) 0.71x; 4 planes (GEMM) 1.06-1.20x;
 * optional float re-rank (build param ``rerank`` = candidate multiplier, 0 = off, the default):
@@ -48,7 +50,7 @@ import numpy as np
 
 from harness.method import MemoryAccount, Method, nbytes
 from harness.registry import register
-from methods import _bits
+from methods import _bits, _kernels
 
 #: per-vector scale that minimises the error of a uniform odd grid on a unit Gaussian
 _GAUSS_STEP = {1: 0.7979, 2: 0.4979, 3: 0.2930, 4: 0.1676}
@@ -171,6 +173,7 @@ class RecurrentBinaryIndex(Method):
         if self.rerank:
             self.vectors = vectors.copy() if self.vectors is None else np.vstack([self.vectors, vectors])
         self.ntotal = self.planes.shape[0]
+        _kernels.warm_up()  # compile the scan kernels here, not in a timed search
 
     def _encode_with_aux(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         planes, scales, xc = self._encode(x)
@@ -197,8 +200,14 @@ class RecurrentBinaryIndex(Method):
         # per-query constant making the score the (un-centred) inner product of reconstructions
         qconst = queries @ self.mean if self.metric == "ip" else None
         if kernel == "auto":
-            kernel = "popcount" if self.planes_n == 1 or queries.shape[0] <= 4 else "gemm"
-        if kernel == "gemm":
+            small = queries.shape[0] <= _kernels.SMALL_BATCH
+            if small and _kernels.popcount_ready(self.planes.shape[2]):
+                kernel = "compiled"
+            else:
+                kernel = "popcount" if self.planes_n == 1 or queries.shape[0] <= 4 else "gemm"
+        if kernel == "compiled":
+            dist, ids = self._compiled_search(qplanes, qw, k)
+        elif kernel == "gemm":
             qrec = self.reconstruct_codes(qplanes, qscales)
 
             def decode(b0: int, b1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,10 +217,27 @@ class RecurrentBinaryIndex(Method):
         elif kernel == "popcount":
             dist, ids = self._popcount_search(qplanes, qw, k)
         else:
-            raise ValueError(f"unknown kernel {kernel!r} (auto, gemm, popcount)")
+            raise ValueError(f"unknown kernel {kernel!r} (auto, compiled, gemm, popcount)")
         if qconst is not None:
             dist = dist + qconst[:, None].astype(np.float32)
         return dist, ids
+
+    def _compiled_search(self, qplanes: np.ndarray, qw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """SDC by the compiled popcount kernel (64-bit words, all plane pairs per vector)."""
+        if not _kernels.popcount_ready(self.planes.shape[2]):
+            raise ValueError("the compiled kernel needs numba and codes of a multiple of 64 bits")
+        m = self.code_dim(self.dim)
+        top = _bits.TopK(qplanes.shape[0], k, self.metric)
+        qsq = self._query_sq_norms(qplanes, qw) if self.metric == "l2" else None
+        for b0 in range(0, self.ntotal, _kernels.BLOCK):
+            b1 = min(b0 + _kernels.BLOCK, self.ntotal)
+            s = _kernels.sdc_popcount(self.planes[b0:b1], self.plane_weights(self.scales[b0:b1]), qplanes, qw, m)
+            if qsq is not None:
+                s *= -2.0
+                s += qsq[:, None]
+            s += self.aux[b0:b1][None, :]
+            top.add(s, b0)
+        return top.result()
 
     def _popcount_search(self, qplanes: np.ndarray, qw: np.ndarray, k: int,
                          block: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,9 @@ Search: the float query is scored against the first-level codes exhaustively (fl
 inner product decomposes as q·x̂ = ℓ·Σq + Δ·(q·c) + q·μ: each block of codes is converted to
 float32 once, q·c is a BLAS GEMM, the per-vector ℓ and Δ are applied to the (nq, block) result
 (L2 adds ‖x̂‖² from Σc and Σc² of the same block), and blocks are merged in faiss's heap.
+Up to ``_kernels.SMALL_BATCH`` queries skip the conversion to float32: q·c, Σc and Σc² come from a
+compiled dot product over the packed 8- or 4-bit codes (search parameter ``kernel``: ``auto``,
+``compiled``, ``numpy``; the same scores up to float rounding).
 Two-level LVQ re-ranks the best k·``rerank_factor`` candidates with the two-level
 reconstruction (search grid ``rerank_factor``; one-level builds have no search parameter).
 
@@ -96,10 +99,11 @@ class LVQ(Method):
         self, queries: np.ndarray, k: int, **search_params: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        kernel = search_params.get("kernel", "auto")
         if not self.bits2:
-            return self.store.search(q, k, self.metric)
+            return self.store.search(q, k, self.metric, kernel)
         factor = max(1, int(search_params.get("rerank_factor", 4)))
-        _, cand = self.store.search(q, k * factor, self.metric)
+        _, cand = self.store.search(q, k * factor, self.metric, kernel)
         return rerank(q, cand, lambda ids: self.store.rows(ids, level=2), k, self.metric)
 
     def memory(self) -> MemoryAccount:

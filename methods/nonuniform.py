@@ -2,7 +2,11 @@
 
 Both store ``b`` bits per dimension, bit-packed (``ceil(d·b/8)`` bytes per vector), decode through
 a per-dimension level table and search by asymmetric distance: the float query against the
-decoded levels, one GEMM per block of vectors (``methods/_bits.py``).
+decoded levels, one GEMM per block of vectors (``methods/_bits.py``) for large query batches; up
+to ``_kernels.SMALL_BATCH`` queries are scored by per-query lookup tables over the packed codes
+(compiled kernel, no decoding; KVQuant's outliers corrected per vector), the same scores up to
+float rounding (search parameter ``kernel``: ``auto``, ``compiled``, ``numpy``); the lookup-table
+groups of the uniform layout are derived per search (nothing more is kept with the index).
 
 kvquant-nuq
     Hooper, Kim, Mohammadzadeh, Mahoney, Shao, Keutzer, Gholami, "KVQuant: Towards 10 Million
@@ -49,7 +53,7 @@ import numpy as np
 
 from harness.method import MemoryAccount, Method, nbytes
 from harness.registry import register
-from methods import _bits
+from methods import _bits, _kernels
 
 TRAIN_SAMPLE = 10000
 EXPONENT_SAMPLE = 2000  # vectors on which the exponent grid is scored
@@ -82,6 +86,10 @@ class _LevelCoded(Method):
         self.widths = np.full(dim, self.bits, dtype=np.int64)
         self.codes = np.zeros((0, _bits.code_bytes(self.widths)), dtype=np.uint8)
 
+    def _ready(self) -> None:
+        """After ``add``: the scan kernels compiled (or loaded), so no timed search pays for it."""
+        _kernels.warm_up()
+
     def _table(self) -> _bits.LevelTable:
         raise NotImplementedError
 
@@ -92,8 +100,21 @@ class _LevelCoded(Method):
         """Decoded vectors of the whole index (float32, n x d)."""
         return self._decode_block(0, self.ntotal, self._table())
 
+    def _fix(self, queries: np.ndarray) -> _bits.Fix | None:
+        """Per-vector score corrections of the lookup-table scan (KVQuant's outliers)."""
+        return None
+
+    def _layout(self) -> _bits.LUTLayout:
+        """Lookup-table groups of the uniform b-bit layout: a few vectorised integer ops per
+        search, so nothing is kept with the index."""
+        return _bits.LUTLayout(self.widths)
+
     def search(self, queries: np.ndarray, k: int, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
         table = self._table()
+        queries = np.asarray(queries, dtype=np.float32)
+        if _kernels.use_kernels(queries.shape[0], search_params.get("kernel", "auto")):
+            return _bits.lut_search(queries, self.codes, table, self._layout(), k, self.metric,
+                                    self._fix(queries))
 
         def decode(b0: int, b1: int) -> tuple[np.ndarray, None]:
             return self._decode_block(b0, b1, table), None
@@ -182,6 +203,17 @@ class KVQuantNUQ(_LevelCoded):
             self.out_val = np.concatenate([self.out_val, np.take_along_axis(c, pos, 1).astype(np.float16)])
             self.codes = np.concatenate([self.codes, _bits.pack_codes(self.table.encode_nearest(c), self.widths)])
         self.ntotal = self.codes.shape[0]
+        self._ready()
+
+    def _fix(self, queries: np.ndarray) -> _bits.Fix | None:
+        if not self.n_out:
+            return None
+
+        def fix(scores: np.ndarray, b0: int, b1: int, ds: np.ndarray) -> None:
+            _kernels.outlier_fix(scores, self.codes[b0:b1], self.out_idx[b0:b1], self.out_val[b0:b1], queries,
+                                 ds, self.table.offsets, self.bits, self.metric)
+
+        return fix
 
     def _table(self) -> _bits.LevelTable:
         return self.table
@@ -287,6 +319,7 @@ class NUPES(_LevelCoded):
             nupes_encode(c - self.mean, self.lo, self.step, self.bits, self.a), self.widths), x)
         self.codes = np.concatenate([self.codes, codes])
         self.ntotal = self.codes.shape[0]
+        self._ready()
 
     def _table(self) -> _bits.LevelTable:
         lv = nupes_levels(self.lo, self.step, self.bits, self.a) + self.mean[:, None]

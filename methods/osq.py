@@ -38,7 +38,11 @@ the data otherwise.
 Scope: SQUASH's distributed / serverless search, attribute filtering, segment-based storage and
 multi-level search (lower/upper distance bounds from the cell boundaries, then exact re-ranking)
 are not part of the quantizer and are out of scope; here the ADC against the Lloyd-Max
-reconstruction levels is the whole search, computed by block decode + GEMM.
+reconstruction levels is the whole search, computed by block decode + GEMM for large query
+batches and, for up to ``_kernels.SMALL_BATCH`` queries, by per-query lookup tables over the packed
+codes (compiled kernel, no decoding; search parameter ``kernel``: ``auto``, ``compiled``, ``numpy``;
+same scores up to float rounding). The lookup-table groups (a few integers per dimension) are
+kept with the index and counted as shared memory.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import numpy as np
 
 from harness.method import PAPER_VARIANT, MemoryAccount, Method, nbytes
 from harness.registry import register
-from methods import _bits
+from methods import _bits, _kernels
 from methods.itq import pca_basis
 
 MAX_BITS_PER_DIM = 8
@@ -163,6 +167,7 @@ class OSQ(Method):
         self.mean: np.ndarray | None = None
         self.klt: np.ndarray | None = None  # (d, m) leading principal axes
         self.table: _bits.LevelTable | None = None
+        self.layout: _bits.LUTLayout | None = None  # lookup-table groups of the small-batch scan
         self.codes = np.zeros((0, -(-self.total_bits // 8)), dtype=np.uint8)
 
     def fit(self, train: np.ndarray, train_queries: np.ndarray | None = None) -> None:
@@ -197,6 +202,8 @@ class OSQ(Method):
             self.fit(vectors)
         self.codes = np.concatenate([self.codes, _bits.encode_chunked(self.encode, np.asarray(vectors))])
         self.ntotal = self.codes.shape[0]
+        self._layout()
+        _kernels.warm_up()  # compile the scan kernels here, not in a timed search
 
     def search(self, queries: np.ndarray, k: int, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
         queries = np.asarray(queries, dtype=np.float32)
@@ -204,17 +211,25 @@ class OSQ(Method):
         # ip: <q, mean + K y> = <q, mean> + <K^T q, y>;  l2: |K^T (q - mean) - y|^2 + the rest of q
         qy = (queries if self.metric == "ip" else qc) @ self.klt
         widths = self.table.widths
+        if _kernels.use_kernels(queries.shape[0], search_params.get("kernel", "auto")):
+            dist, ids = _bits.lut_search(qy, self.codes, self.table, self._layout(), k, self.metric)
+        else:
+            def decode(b0: int, b1: int) -> tuple[np.ndarray, None]:
+                return self.table.decode(_bits.unpack_codes(self.codes[b0:b1], widths)), None
 
-        def decode(b0: int, b1: int) -> tuple[np.ndarray, None]:
-            return self.table.decode(_bits.unpack_codes(self.codes[b0:b1], widths)), None
-
-        dist, ids = _bits.blocked_search(qy, self.ntotal, k, self.metric, decode)
+            dist, ids = _bits.blocked_search(qy, self.ntotal, k, self.metric, decode)
         if self.metric == "ip":
             dist += (queries @ self.mean)[:, None]
         else:
             dist += np.maximum((qc * qc).sum(1) - (qy * qy).sum(1), 0)[:, None]
         return dist, ids
 
+    def _layout(self) -> _bits.LUTLayout:
+        if getattr(self, "layout", None) is None:
+            self.layout = _bits.LUTLayout(self.table.widths)
+        return self.layout
+
     def memory(self) -> MemoryAccount:
         shared = nbytes(self.mean, self.klt) + (self.table.nbytes if self.table is not None else 0)
+        shared += self.layout.nbytes if getattr(self, "layout", None) is not None else 0
         return MemoryAccount(codes=nbytes(self.codes), structure=0, shared=shared)

