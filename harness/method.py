@@ -125,6 +125,11 @@ class Method(ABC):
     def fit(self, train: np.ndarray, train_queries: np.ndarray | None = None) -> None:  # noqa: B027
         """Learn codebooks, rotations, projections. Default: nothing to learn."""
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Load or compile what searching needs that is not index memory (JIT kernels). The harness
+        calls it after ``fit`` and before it measures RSS around ``add``, so a compiler's memory is
+        never taken for the index's. Default: nothing."""
+
     @abstractmethod
     def add(self, vectors: np.ndarray) -> None:
         """Encode and store vectors; ids are assigned in insertion order from 0."""
