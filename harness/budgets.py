@@ -67,7 +67,3 @@ def plan(methods: list[type[Method]], dim: int, n: int, budgets: tuple[float, ..
             f"at d={dim}, n={n}; smallest sizes (bytes/vector): {detail}"
         )
     return builds
-
-
-def ratio_to_float32(bytes_per_vector: float, dim: int) -> float:
-    return bytes_per_vector / (4.0 * dim)

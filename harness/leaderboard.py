@@ -28,11 +28,11 @@ import pandas as pd
 
 from harness import uncertainty as unc
 from harness.io import atomic_write_text
+from harness.method import PAPER_VARIANT, VARIANT_PARAM
 from harness.store import latest
 
 #: bytes per vector allowed over a budget for constant-size headers (45 B / 10,000 vectors ≈ 0.005)
 PLACEMENT_SLACK = 0.5
-PAPER_VARIANT = "paper"
 
 COLUMNS = [
     "budget", "budget_ratio", "rank", "tied_with_best", "p_vs_best", "entry", "method", "variant",
@@ -81,7 +81,7 @@ def variant_of(row: pd.Series | dict[str, Any]) -> str:
     if isinstance(v, str) and v:
         return v
     try:
-        return str(json.loads(row.get("build_params") or "{}").get("variant", PAPER_VARIANT))
+        return str(json.loads(row.get("build_params") or "{}").get(VARIANT_PARAM, PAPER_VARIANT))
     except (TypeError, ValueError):
         return PAPER_VARIANT
 
