@@ -85,6 +85,11 @@ COLUMNS: dict[str, str] = {
     "per_query_ndcg_at_10": "per-query nDCG@10",
     "per_query_qrels_recall_at_100": "per-query Recall@100 against judgments",
     "raw_path": "per-query ids and scores of this row (unique per row)",
+    # phases and scale (issue 13)
+    # two-tier RAM + disk (BiDR)
+    # filtered search
+    # multi-vector (bytes are per document)
+    # encoder layers (2DMSE / Starbucks post-hoc)
     # provenance
     "versions": "JSON of package versions",
     "cpu_model": "CPU model",

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from harness import tracks
 from harness.budgets import DEFAULT_BUDGETS, DEFAULT_PER_BUDGET, plan
 from harness.claims import Claims
 from harness.dataset import PreparedDataset
@@ -102,10 +103,12 @@ def plan_sweep(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> Pla
         raise VecbudgetError(f"k={cfg.k} is larger than the {ds.n} vectors of {ds.name}")
     names = cfg.methods or default_methods()
     classes = [get_method(m) for m in names]
-    unsupported = [c.name for c in classes if ds.method_metric not in c.metrics or c.input_kind != "dense"]
+    unsupported = [c.name for c in classes
+                   if ds.method_metric not in c.metrics or not tracks.supports(ds, c.input_kind)]
     if unsupported and cfg.methods:
+        kinds = sorted({c.input_kind for c in classes if c.name in unsupported})
         raise VecbudgetError(f"method(s) {', '.join(unsupported)} cannot run on {ds.name} "
-                             f"(metric {ds.metric}, dense vectors)")
+                             f"(metric {ds.metric}; input {', '.join(kinds)}: see `vecbudget methods`)")
     classes = [c for c in classes if c.name not in unsupported]
     builds = plan(classes, ds.dim, ds.n, tuple(cfg.budgets), cfg.per_budget, cfg.variants)
     state = _stored_state(store)

@@ -209,6 +209,10 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         train_queries = ds.train_queries if cls.uses_train_queries else None
     except Exception as exc:
         raise HarnessError(f"{type(exc).__name__}: {exc}") from exc
+    if cls.input_kind != "dense":  # multi-vector, filtered, ...: the track's own evaluation
+        from harness.tracks import track_module
+
+        return track_module(cls.input_kind).run_task(task, ds, cls)
     threads = _all_threads(task)
     nq = queries.shape[0]
     if ds.n > task.train_size:
