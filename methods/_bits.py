@@ -165,6 +165,21 @@ class LevelTable:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.flat = np.concatenate([np.asarray(lv, dtype=np.float32) for lv in levels])
 
+    @classmethod
+    def uniform(cls, levels: np.ndarray) -> LevelTable:
+        """The table of m quantizers with the same number of levels, from an (m, 2**w) array
+        (vectorised: a search that rebuilds its table pays microseconds, not a Python loop)."""
+        lv = np.asarray(levels, dtype=np.float32)
+        m, size = lv.shape
+        w = int(np.log2(size))
+        if size != 1 << w:
+            raise ValueError("each dimension needs a power-of-two number of levels")
+        table = cls.__new__(cls)
+        table.widths = np.full(m, w, dtype=np.int64)
+        table.offsets = np.arange(m, dtype=np.int64) * size
+        table.flat = np.ascontiguousarray(lv).ravel()
+        return table
+
     @property
     def nbytes(self) -> int:
         return int(self.flat.nbytes + self.offsets.nbytes + self.widths.nbytes)

@@ -326,7 +326,7 @@ class NUPES(_LevelCoded):
 
     def _table(self) -> _bits.LevelTable:
         lv = nupes_levels(self.lo, self.step, self.bits, self.a) + self.mean[:, None]
-        return _bits.LevelTable(list(lv))
+        return _bits.LevelTable.uniform(lv)
 
     def memory(self) -> MemoryAccount:
         return MemoryAccount(codes=nbytes(self.codes), structure=0,
