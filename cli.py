@@ -139,12 +139,27 @@ def run(
     else:
         executor = ProcessExecutor(time_limit_s=time_limit, memory_limit_bytes=memory_limit)
     ds = load_dataset(dataset, overrides=overrides, progress=not quiet)
+    from harness.loaders import manifest_for
+    from harness.tracks import multivector as mv_track
+
+    if mv_track.wanted(manifest_for(dataset, overrides)):  # token-level data set: tokens + Chamfer ground truth
+        ds = mv_track.prepare(dataset, overrides, ds, progress=not quiet)
+        names = names or suite_methods(mv_track.SUITE)
+        budgets = budgets if budget else mv_track.BUDGETS
+    from harness import filtered_report
+
+    if filtered_report.has_filters(ds):  # its unfiltered runs are the plain data set's: run the filtered suite
+        names = names or suite_methods(filtered_report.SUITE)
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
                       latency_queries=latency_queries, latency_seconds=latency_seconds, force=force,
                       retry_failed=retry_failed, variants=variants, time_limit_s=time_limit,
                       memory_limit_bytes=executor.memory_limit_bytes)
     new = run_sweep(ds, cfg, store, executor, progress=not quiet)
     df = store.load()
+    if filtered_report.has_filters(ds) and all(get_method(m).input_kind == "filtered" for m in names):
+        if code := filtered_report.cli_summary(ds, df, new, results_dir):  # per-band tables, plot, failures
+            raise SystemExit(code)
+        return
     # the saved leaderboard always covers the default ladder too, so a narrow run never shrinks it
     from harness.budgets import DEFAULT_BUDGETS
 
@@ -400,6 +415,11 @@ def leaderboard(
 
     df = ResultStore(results_dir).load()
     name, fp = resolve_dataset(dataset, df)
+    from harness import filtered_report
+
+    if filtered := filtered_report.save(df, name, results_dir, fingerprint=fp):  # per selectivity band
+        typer.echo(filtered["markdown"])
+        return
     board = lb.leaderboard(df, name, _budgets(budget), at_n=at_n, fingerprint=fp)
     if board.empty:
         raise VecbudgetError(f"no stored runs for data set {dataset!r} in {results_dir}")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -90,14 +91,18 @@ def identity(raw: RawDataset) -> str:
     The metric, the base and query vectors (which carry the texts, the encoder, its prompts and
     the subset), the training queries, the relevance judgments and the document and query ids
     they name. Not the name: a copy of the same data under another name is the same data set, and
-    its runs are shown under whichever name the user gives.
+    its runs are shown under whichever name the user gives. An encoder setting beyond the
+    standard embedding (``raw.encoder_identity``: model, layer, pooling — :mod:`harness.layers`)
+    is named in it as well; standard embeddings keep the identity they always had.
     """
     arrays = [raw.base, raw.queries] + ([raw.train_queries] if raw.train_queries is not None else [])
     judgments = None
     if raw.qrels is not None:
         judgments = {"qrels": raw.qrels, "doc_ids": raw.doc_ids, "query_ids": raw.query_ids}
-    return fingerprint(raw.metric, *arrays, normalise=raw.metric == "cosine",
-                       extra={"train_queries": raw.train_queries is not None, "judgments": judgments})
+    extra: dict[str, Any] = {"train_queries": raw.train_queries is not None, "judgments": judgments}
+    if raw.encoder_identity:
+        extra["encoder"] = raw.encoder_identity
+    return fingerprint(raw.metric, *arrays, normalise=raw.metric == "cosine", extra=extra)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -130,6 +135,9 @@ class RawDataset:
     qrels: dict[str, dict[str, int]] | None = None
     shipped_neighbors: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)  # source, encoder, licence, citation
+    #: encoder settings the vectors depend on beyond the standard embedding (model, layer, pooling);
+    #: part of the identity when set (None for standard embeddings and vector data sets)
+    encoder_identity: dict[str, Any] | None = None
 
 
 class PreparedDataset:
@@ -295,7 +303,9 @@ def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> Prep
             shapes["train_queries"] = _save_rows(tmp / "train_queries.npy", raw.train_queries, cosine)
         base = np.load(tmp / "base.npy", mmap_mode="r")
         queries = np.load(tmp / "queries.npy")
+        t_gt = time.perf_counter()
         gt_dist, gt_ids = exact_knn(base, queries, GT_K, mm, progress=progress)
+        phases = {**raw.info.get("phases", {}), "groundtruth_s": time.perf_counter() - t_gt}  # issue 13
         np.save(tmp / "gt_ids.npy", gt_ids.astype(np.int64))
         np.save(tmp / "gt_dist.npy", gt_dist.astype(np.float32))
         shapes["gt_ids"] = list(gt_ids.shape)
@@ -312,8 +322,9 @@ def prepare(raw: RawDataset, cache_root: Path, *, progress: bool = True) -> Prep
             "has_qrels": raw.qrels is not None,
             "has_train_queries": raw.train_queries is not None,
             "source_dtype": str(raw.base.dtype),
-            "info": raw.info,
+            "info": {k: v for k, v in raw.info.items() if k != "phases"},
             "shapes": shapes,
+            "phases": phases,
         }
         if raw.shipped_neighbors is not None:
             meta["shipped_gt"] = verify_shipped(raw.shipped_neighbors, gt_ids, gt_dist, name=raw.name)

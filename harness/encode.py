@@ -41,6 +41,10 @@ class EncoderSpec:
     query_prompt: str = ""
     document_prompt: str = ""
     trust_remote_code: bool = False
+    #: 0: the model's standard embedding (its own pipeline); L >= 1: the hidden state after
+    #: transformer layer L, pooled by ``pooling`` (post-hoc 2DMSE / Starbucks, :mod:`harness.layers`)
+    layer: int = 0
+    pooling: str = "mean"  # token pooling of a layer's hidden state: "mean" (masked) or "cls"
 
     @classmethod
     def from_options(cls, options: dict[str, Any], where: str = "encoder") -> EncoderSpec:
@@ -65,6 +69,9 @@ class EncoderSpec:
         for name in ("max_length", "batch_size"):
             if name in opts and (isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1):
                 raise DataError(f"{where}: {name} must be a positive integer, got {opts[name]!r}")
+        from harness.layers import check_layer_options
+
+        check_layer_options(opts, where)
         return cls(**opts)
 
     def prompt(self, role: str) -> str:
@@ -78,6 +85,9 @@ class EncoderSpec:
         d.pop("query_prompt")
         d.pop("document_prompt")
         d["prompt"] = prompt
+        if not self.layer:  # the standard embedding: keys (and cached files) as before layers existed
+            d.pop("layer")
+            d.pop("pooling")
         return d
 
 
@@ -178,6 +188,10 @@ def encode_texts(
     """
     if not texts:
         raise VecbudgetError(f"nothing to encode for {desc}: the {role} list is empty")
+    if spec.layer:  # a layer's pooled hidden state: every layer from one forward pass, cached per layer
+        from harness.layers import encode_layers
+
+        return encode_layers(texts, spec, role, cache_dir, chunk=chunk, progress=progress, desc=desc)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(texts, spec, role)
     # one process encodes a given list at a time; another one waits, then finds it cached

@@ -11,6 +11,10 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+#: bytes of base rows per chunk when ``base_chunk`` is not given (file-backed pages of a
+#: memory-mapped base; nothing is copied)
+BASE_CHUNK_BYTES = 256 << 20
+
 
 def exact_knn(
     base: np.ndarray,
@@ -18,14 +22,17 @@ def exact_knn(
     k: int,
     metric: str,
     *,
-    base_chunk: int = 200_000,
+    base_chunk: int | None = None,
     query_chunk: int = 4096,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against ``base`` for metric ``"l2"`` or ``"ip"``.
 
-    The base is scanned in chunks of ``base_chunk`` rows (so a memory-mapped base larger than RAM
-    works) and partial top-k lists are merged with faiss's ``ResultHeap``.
+    The base is read once, in chunks of ``base_chunk`` rows (default: about
+    :data:`BASE_CHUNK_BYTES` of it), so a memory-mapped base larger than RAM works: each chunk is
+    scored against every query with ``faiss.knn`` (no copy of a contiguous float32 chunk, blocked
+    distance computations) and merged into one running top-k per query chunk with faiss's
+    ``ResultHeap``. Memory: one base chunk plus the (nq, k) results, whatever n is.
     Returns (distances float32 (nq, k), ids int64 (nq, k)), best first.
     """
     if metric not in ("l2", "ip"):
@@ -33,29 +40,33 @@ def exact_knn(
     n, d = base.shape
     k_eff = min(k, n)
     nq = queries.shape[0]
-    out_d = np.empty((nq, k_eff), dtype=np.float32)
-    out_i = np.empty((nq, k_eff), dtype=np.int64)
-    starts = range(0, n, base_chunk)
-    bar = tqdm(total=nq * len(starts), desc="ground truth", unit="q", disable=not progress)
-    for q0 in range(0, nq, query_chunk):
-        q = np.ascontiguousarray(queries[q0 : q0 + query_chunk], dtype=np.float32)
-        heap = faiss.ResultHeap(q.shape[0], k_eff, keep_max=(metric == "ip"))
-        for b0 in starts:
-            chunk = np.ascontiguousarray(base[b0 : b0 + base_chunk], dtype=np.float32)
-            index = faiss.IndexFlat(d, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
-            index.add(chunk)
-            dist, ids = index.search(q, min(k_eff, chunk.shape[0]))
-            if ids.shape[1] < k_eff:  # a short last chunk: pad with sentinels
-                pad = k_eff - ids.shape[1]
+    if base_chunk is None:
+        base_chunk = max(1024, BASE_CHUNK_BYTES // (4 * max(d, 1)))
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    q_starts = list(range(0, nq, query_chunk))
+    heaps = [faiss.ResultHeap(min(query_chunk, nq - q0), k_eff, keep_max=(metric == "ip")) for q0 in q_starts]
+    qs = [np.ascontiguousarray(queries[q0 : q0 + query_chunk], dtype=np.float32) for q0 in q_starts]
+    bar = tqdm(total=n, desc="ground truth", unit="vec", disable=not progress)
+    for b0 in range(0, n, base_chunk):
+        chunk = np.ascontiguousarray(base[b0 : b0 + base_chunk], dtype=np.float32)
+        kk = min(k_eff, chunk.shape[0])
+        for q, heap in zip(qs, heaps, strict=True):
+            dist, ids = faiss.knn(q, chunk, kk, metric=faiss_metric)
+            if kk < k_eff:  # a chunk shorter than k: pad with sentinels
+                pad = k_eff - kk
                 fill = -np.inf if metric == "ip" else np.inf
                 dist = np.hstack([dist, np.full((dist.shape[0], pad), fill, np.float32)])
                 ids = np.hstack([ids, np.full((ids.shape[0], pad), -1, np.int64)])
             ids = np.where(ids >= 0, ids + b0, -1)
-            heap.add_result(np.ascontiguousarray(dist), np.ascontiguousarray(ids))
-            bar.update(q.shape[0])
-        heap.finalize()
-        out_d[q0 : q0 + q.shape[0]], out_i[q0 : q0 + q.shape[0]] = canonical_order(heap.D, heap.I, metric)
+            heap.add_result(np.ascontiguousarray(dist, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        bar.update(chunk.shape[0])
+        del chunk
     bar.close()
+    out_d = np.empty((nq, k_eff), dtype=np.float32)
+    out_i = np.empty((nq, k_eff), dtype=np.int64)
+    for q0, heap in zip(q_starts, heaps, strict=True):
+        heap.finalize()
+        out_d[q0 : q0 + heap.D.shape[0]], out_i[q0 : q0 + heap.D.shape[0]] = canonical_order(heap.D, heap.I, metric)
     return out_d, out_i
 
 

@@ -39,7 +39,12 @@ COLUMNS = [
     "build_params", "search_params", "quality_metric", "quality", "recall_at_10", "qrels_recall_at_100",
     "qps_1t", "latency_p99_ms", "bytes_per_vector", "bytes_projected", "memory_flag", "build_s",
     "config_hash", "fits", "note",
+    # two-tier RAM + disk (BiDR): disk bytes are not on the ladder; latency with a warm / cold page cache
+    "disk_bytes_per_vector", "latency_warm_p50_ms", "latency_cold_p50_ms",
+    # multi-vector: "document" when bytes_per_vector counts bytes per document (harness/tracks/multivector.py)
+    "bytes_unit",
 ]
+TWO_TIER = ("disk_bytes_per_vector", "latency_warm_p50_ms", "latency_cold_p50_ms")
 
 
 def quality_metric(df: pd.DataFrame) -> str:
@@ -57,6 +62,8 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, fingerprint: str |
     if df.empty or "dataset" not in df:
         return df
     ok = df[df["status"] == "ok"]
+    if "filter" in ok:  # filtered-search rows answer another question (harness/filtered_report.py)
+        ok = ok[ok["filter"].isna() | (ok["filter"] == "")]
     if fingerprint is not None:
         sub = ok[ok["dataset_fingerprint"] == fingerprint]
     else:
@@ -162,7 +169,7 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
         variant=[variant_of(r) for _, r in runs.iterrows()],
     )
     runs["entry"] = [entry_name(m, v) for m, v in zip(runs["method"], runs["variant"], strict=True)]
-    for col in ("recall_at_10", "qrels_recall_at_100", "memory_flag", "latency_p99_ms"):  # absent in odd rows
+    for col in ("recall_at_10", "qrels_recall_at_100", "memory_flag", "latency_p99_ms", *TWO_TIER):  # absent in odd rows
         if col not in runs:
             runs[col] = np.nan
     sig = _Significance(metric, alpha)
@@ -191,7 +198,7 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
                 "latency_p99_ms": r["latency_p99_ms"], "bytes_per_vector": r["placed"],
                 "bytes_projected": at_n is not None, "memory_flag": bool(pd.notna(r["memory_flag"]) and r["memory_flag"]),
                 "build_s": r["train_s"] + r["build_s"], "config_hash": r["config_hash"], "fits": True,
-                "note": "",
+                "note": "", **{c: r[c] for c in TWO_TIER}, "bytes_unit": r.get("bytes_unit", ""),
             })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -245,9 +252,15 @@ def to_markdown(board: pd.DataFrame, top: int | None = None) -> str:
     table["p99 ms"] = shown["latency_p99_ms"].map(lambda v: _num(v, ".3f"))
     table["projected B/vec" if projected else "measured B/vec"] = shown["bytes_per_vector"].map(lambda v: _num(v, ".1f"))
     table["build s"] = shown["build_s"].map(lambda v: _num(v, ".1f"))
+    if all(c in shown for c in TWO_TIER) and shown["disk_bytes_per_vector"].notna().any():  # two-tier rows
+        table["disk B/vec"] = shown["disk_bytes_per_vector"].map(lambda v: _num(v, ".0f"))
+        table["warm p50 ms"] = shown["latency_warm_p50_ms"].map(lambda v: _num(v, ".3f"))
+        table["cold p50 ms"] = shown["latency_cold_p50_ms"].map(lambda v: _num(v, ".3f"))
     flags = shown["memory_flag"].fillna(False).astype(bool)
     if flags.any():
         table["memory check"] = ["RAM below RSS growth" if f else "" for f in flags]
+    if (shown["bytes_unit"] == "document").any():  # the multi-vector track's ladder is bytes per document
+        table = table.rename(columns=lambda c: c.replace("B/vec", "B/doc"))
     return table.to_markdown(index=False) + "\n"
 
 

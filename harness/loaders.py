@@ -31,6 +31,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -218,6 +219,11 @@ def _build_text(m: Manifest, progress: bool) -> RawDataset:
         if col.train_query_texts
         else None
     )
+    info = {**m.info(), "source": col.source, "encoder": asdict(spec), **col.extra}
+    if spec.layer:  # a layer's vectors: the query cost of that depth, measured for every layer at once
+        from harness.layers import query_encoding_times
+
+        info["query_encoding"] = query_encoding_times(spec, col.query_texts, cache, progress=progress)
     return RawDataset(
         name=m.name,
         base=docs,
@@ -227,7 +233,8 @@ def _build_text(m: Manifest, progress: bool) -> RawDataset:
         doc_ids=col.doc_ids,
         query_ids=col.query_ids,
         qrels=col.qrels,
-        info={**m.info(), "source": col.source, "encoder": asdict(spec), **col.extra},
+        info=info,
+        encoder_identity={"model": spec.model, "layer": spec.layer, "pooling": spec.pooling} if spec.layer else None,
     )
 
 
@@ -413,13 +420,17 @@ def build_synthetic(m: Manifest, progress: bool) -> RawDataset:
     from harness import synthetic
 
     kind = m.options.get("kind", "gaussian")
+    if kind == "fitted":  # fitted to real embeddings (issue 13): its own module
+        from harness import fitted_synthetic
+
+        return fitted_synthetic.build(m, progress)
     given = {k: v for k, v in m.options.items() if k != "kind"}
     if kind == "gaussian":
         defaults = GAUSSIAN_DEFAULTS
     elif kind == "limit":
         defaults = LIMIT_DEFAULTS
     else:
-        raise DataError(f"data set {m.name}: unknown synthetic kind {kind!r}; use 'gaussian' or 'limit'")
+        raise DataError(f"data set {m.name}: unknown synthetic kind {kind!r}; use 'gaussian', 'limit' or 'fitted'")
     unknown = set(given) - set(defaults)
     if unknown:
         raise DataError(f"data set {m.name}: unknown {kind} option(s) {', '.join(sorted(unknown))}; "
@@ -517,12 +528,20 @@ def manifest_for(spec: str, overrides: dict[str, Any] | None = None) -> Manifest
     or an ad-hoc BEIR / vector-file / IDX folder, with ``overrides`` applied.
 
     Overrides: ``metric``; the encoder fields (``model``, ``max_length``, ``batch_size``,
-    ``normalize``, ``query_prompt``, ``document_prompt``, ``trust_remote_code``); anything else
+    ``normalize``, ``query_prompt``, ``document_prompt``, ``trust_remote_code``, ``layer``,
+    ``pooling``; a ``layer`` names the data set ``NAME@L<layer>``, and ``-d NAME@L3`` is the same
+    as ``layer=3``: :mod:`harness.layers`); anything else
     goes to the builder's options. A new ``model`` drops the manifest's prompts (they belong to
     its model) unless prompts are overridden too, so the prompt registry supplies the new
     model's defaults.
     """
     path = Path(spec)
+    from harness.layers import layer_name, parse_layer_name
+
+    if (layered := parse_layer_name(spec)) and layered[0] in manifests() and spec not in manifests():
+        spec = layered[0]  # NAME@L3: NAME's vectors from encoder layer 3
+        overrides = {"layer": layered[1], "pooling": layered[2], **(overrides or {})}
+        path = Path(spec)
     if spec in manifests() or not (path.exists() or "/" in spec or spec.endswith((".toml", ".hdf5", ".h5"))):
         m = get_manifest(spec)
     elif not path.exists():
@@ -545,6 +564,8 @@ def manifest_for(spec: str, overrides: dict[str, Any] | None = None) -> Manifest
             encoder.pop("trust_remote_code", None)
             m.dim = None  # another model, another dimension
         m.encoder = {**encoder, **enc}
+        if m.encoder.get("layer"):  # another depth, another data set: named NAME@L<layer>
+            m.name = layer_name(m.name, int(m.encoder["layer"]), str(m.encoder.get("pooling", "mean")))
     if over:
         m.options = {**m.options, **over}
     return m
@@ -563,7 +584,15 @@ def build_raw(m: Manifest, progress: bool = True) -> RawDataset:
 def load_dataset(spec: str = DEFAULT_DATASET, *, overrides: dict[str, Any] | None = None,
                  progress: bool = True) -> PreparedDataset:
     m = manifest_for(spec, overrides)
-    return prepare(build_raw(m, progress), cache_root(), progress=progress)
+    t0 = time.perf_counter()
+    raw = build_raw(m, progress)
+    raw.info["phases"] = {"encode_s": time.perf_counter() - t0}  # kept in meta.json by prepare (issue 13)
+    ds = prepare(raw, cache_root(), progress=progress)
+    if m.options.get("filters"):  # filtered search: attributes, filters, filtered ground truth
+        from harness.filters import prepare_filters
+
+        prepare_filters(m, ds, progress=progress)
+    return ds
 
 
 def prepare_multivector(spec: str, *, overrides: dict[str, Any] | None = None, progress: bool = True,
@@ -573,9 +602,13 @@ def prepare_multivector(spec: str, *, overrides: dict[str, Any] | None = None, p
     from harness.multivector import encode_tokens
 
     m = manifest_for(spec, overrides)
+    shipped = m.path / "tokens" if m.path is not None and m.format == "vectors" else None
+    if shipped is not None and (shipped / "document" / "meta.json").exists():
+        return _shipped_tokens(m, shipped, ds or prepare(build_raw(m, progress), cache_root(), progress=progress))
     if m.format not in TEXT_COLLECTIONS:
         raise DataError(f"data set {m.name}: multi-vector data need a text collection "
-                        f"(formats {', '.join(TEXT_COLLECTIONS)}), not format {m.format!r}")
+                        f"(formats {', '.join(TEXT_COLLECTIONS)}) or a vectors folder with tokens/document and "
+                        f"tokens/query ragged folders, not format {m.format!r}")
     ds = ds or prepare(build_raw(m, progress), cache_root(), progress=progress)
     col = text_collection(m, progress)
     if len(col.doc_texts) != ds.n:
@@ -587,6 +620,29 @@ def prepare_multivector(spec: str, *, overrides: dict[str, Any] | None = None, p
         encode_tokens(texts, spec_, folder, role=role, progress=progress, desc=f"encode {role} tokens")
         index[role] = f"tok-{cache_key(texts, spec_, role)}"
     with atomic_path(folder / "index.json") as tmp:
+        tmp.write_text(json.dumps(index, indent=1))
+    return ds
+
+
+def _shipped_tokens(m: Manifest, folder: Path, ds: PreparedDataset) -> PreparedDataset:
+    """Token vectors shipped with a vectors folder (``tokens/document``, ``tokens/query``, each a
+    :class:`harness.multivector.RaggedVectors` folder) copied into the prepared folder."""
+    from harness.multivector import RaggedVectors
+
+    index: dict[str, str] = {}
+    for role, count in (("document", ds.n), ("query", ds.nq)):
+        rv = RaggedVectors.load(folder / role)
+        if len(rv) != count:
+            raise DataError(f"data set {m.name}: {folder / role} holds {len(rv)} texts for {count} {role} vectors")
+        # content-keyed, so ground truth cached for other tokens is never reused
+        from harness.dataset import fingerprint
+
+        key = fingerprint("ip", rv.flat, extra=hashlib.sha256(np.asarray(rv.offsets, np.int64).tobytes()).hexdigest())
+        name = f"tok-shipped-{role}-{key}"
+        if not (ds.path / ds.MULTIVECTOR_DIR / name / "meta.json").exists():
+            rv.save(ds.path / ds.MULTIVECTOR_DIR / name)
+        index[role] = name
+    with atomic_path(ds.path / ds.MULTIVECTOR_DIR / "index.json") as tmp:
         tmp.write_text(json.dumps(index, indent=1))
     return ds
 

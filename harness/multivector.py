@@ -55,12 +55,27 @@ class RaggedVectors:
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int | slice) -> Any:
+        """Text ``i``'s ``(n_tok_i, d)`` view; a slice (step 1) gives a :class:`RaggedVectors` of
+        those texts (views, offsets rebased), so batch helpers can slice queries like an array."""
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("ragged vectors: slices need step 1")
+            stop = max(start, stop)
+            lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+            return RaggedVectors(np.asarray(self.offsets[start : stop + 1], dtype=np.int64) - lo,
+                                 self.flat[lo:hi], self.info)
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} texts")
         i %= n
         return self.flat[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(texts, dim)``: the leading axis counts texts, as ``shape[0]`` of an (n, d) array does."""
+        return len(self), self.dim
 
     @property
     def dim(self) -> int:

@@ -56,6 +56,8 @@ def plot_dataset(df: pd.DataFrame, dataset: str, out_dir: str | Path, fingerprin
             front = pareto_front(x, y, smaller_x_better=smaller_better)
             ax.plot(x[front], y[front], color=colour, marker=marker, ms=5, lw=1.5, label=method)
         ax.set_xscale("log", base=2 if xcol == "bytes_per_vector" else 10)
+        if xcol == "bytes_per_vector" and "bytes_unit" in runs and (runs["bytes_unit"] == "document").any():
+            xlabel = xlabel.replace("per vector", "per document")  # the multi-vector track's ladder
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LABELS.get(metric, metric))
         n, d = int(runs["n"].iloc[0]), int(runs["dim"].iloc[0])

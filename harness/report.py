@@ -490,6 +490,7 @@ def _leaderboard_html(rep: DatasetReport) -> str:
     label = LABELS.get(rep.metric, rep.metric)
     show_recall = rep.metric != "recall_at_10"
     show_r100 = bool(board["qrels_recall_at_100"].notna().any())
+    two_tier = "disk_bytes_per_vector" in board and bool(board["disk_bytes_per_vector"].notna().any())  # BiDR
     bytes_label, bytes_tip = _bytes_label(rep)
     headers: list[Header] = [
         ("budget B/vec", "memory budget, bytes per vector"),
@@ -508,8 +509,13 @@ def _leaderboard_html(rep: DatasetReport) -> str:
         headers.append(("Recall@100", "recall@100 against the relevance judgments", "r100", True))
     headers += [("QPS", "queries per second, one thread, batch"),
                 ("p99 ms", "single-query latency, 99th percentile", "p99", True),
-                (bytes_label, bytes_tip + "; ⚠: " + MEMORY_FLAG),
-                ("build s", "train + build seconds", "build_s", False),
+                (bytes_label, bytes_tip + "; ⚠: " + MEMORY_FLAG)]
+    if two_tier:
+        headers += [("disk B/vec", "two-tier: bytes per vector on disk (not in RAM, not on the budget ladder)", "disk", True),
+                    ("warm p50 ms", "two-tier: single-query latency, median, file in the page cache", "warm", True),
+                    ("cold p50 ms", "two-tier: single-query latency, median, file's pages evicted before each query",
+                     "cold", True)]
+    headers += [("build s", "train + build seconds", "build_s", False),
                 ("config", "config hash of the stored run (links to its provenance)", "config", False)]
     rows = []
     for _, b in board.iterrows():
@@ -550,6 +556,11 @@ def _leaderboard_html(rep: DatasetReport) -> str:
             _td(_num(b["latency_p99_ms"], ".3f"), b["latency_p99_ms"]),
             _td(_num(b["bytes_per_vector"], ".1f") + flag, b["bytes_per_vector"], "memflag" if flag else "",
                 title=bytes_title),
+        ]
+        if two_tier:
+            cells += [_td(_num(b[c], f), b[c]) for c, f in (("disk_bytes_per_vector", ".0f"),
+                                                            ("latency_warm_p50_ms", ".3f"), ("latency_cold_p50_ms", ".3f"))]
+        cells += [
             _td(_num(b["build_s"], ".2f"), b["build_s"]),
             _td(f'<a href="../methods/{_slug(b["method"])}.html#cfg-{_e(b["config_hash"])}"><code>{_e(b["config_hash"])}</code></a>',
                 None, raw=True),
@@ -724,6 +735,9 @@ fit. ★ marks the best; ≈#1 marks methods the paired test cannot tell from it
 {_recommendation_html(rep)}
 </section>
 """
+    from harness.tracks.multivector import per_document, per_document_text
+
+    body = per_document_text(body) if per_document(rep.runs) else body  # multi-vector: bytes per document
     return _page(f"{rep.name} leaderboard", body, depth=1)
 
 
@@ -947,7 +961,10 @@ def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows
              "Quality intervals are 95% percentile bootstraps over queries (2,000 resamples); **≈#1** marks a "
              "method the paired sign-flip permutation test (by query) cannot tell from the budget's best "
              "(p ≥ 0.05). Every row names the config hash of the stored run it comes from.", ""]
+    from harness.tracks.multivector import per_document, per_document_text
+
     for rep in reps:
+        first = len(lines)  # this data set's lines (the multi-vector track's say bytes per document)
         info, label = rep.info, LABELS.get(rep.metric, rep.metric)
         page = f"{rel}/datasets/{_slug(rep.name)}.html"
         lines += [f"## {rep.name}", "",
@@ -1008,6 +1025,8 @@ def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows
             lines.append("")
         for name, (png, _svg) in rep.plots.items():
             lines += [f"![{rep.name}: {name.replace('_', ' ')}]({rel}/{png})", ""]
+        if per_document(rep.runs):
+            lines[first:] = [per_document_text(line) for line in lines[first:]]
     study = insertion_order_summary(results_dir) if results_dir is not None else None
     if study is not None:
         link = Path(os.path.relpath(Path(results_dir) / INSERTION_ORDER_STUDY, md_path.parent)).as_posix()

@@ -86,10 +86,47 @@ COLUMNS: dict[str, str] = {
     "per_query_qrels_recall_at_100": "per-query Recall@100 against judgments",
     "raw_path": "per-query ids and scores of this row (unique per row)",
     # phases and scale (issue 13)
+    "encode_s": "seconds to produce the data set's vectors when it was prepared (encoding texts, or reading the "
+                "embedding cache if they were encoded before; reading files; generating synthetic data)",
+    "groundtruth_s": "seconds of the exact ground truth when the data set was prepared",
+    "search_s": "seconds evaluating this row's search configuration (timed searches, latency, scoring)",
+    "build_peak_rss_mb": "peak RSS of the worker during fit() and add() (VmHWM reset before each), MiB",
+    "build_peak_growth_mb": "the most fit() and add() held at once above the RSS before fit() (base vectors "
+                            "already resident; what fit left allocated counts in add, the harness's warm-ups "
+                            "between them do not), index included; compare with ram_bytes",
     # two-tier RAM + disk (BiDR)
+    "disk_bytes_per_vector": "bytes per vector of the disk tier's file (not in RAM, not on the budget ladder)",
+    "latency_warm_p50_ms": "two-tier: single-query latency, median, the disk tier's file in the page cache",
+    "latency_cold_p50_ms": "two-tier: single-query latency, median, the file's pages evicted before each query",
+    "latency_cold_p95_ms": "two-tier: single-query latency, 95th percentile, cold page cache",
+    "cold_queries": "two-tier: how many cold single queries were timed (time-boxed)",
+    "disk_read_bytes_per_query": "two-tier: candidate rows read from the disk tier per cold query x bytes per row",
+    "disk_pages_bytes_per_query": "two-tier: distinct 4 KiB pages those rows span per cold query, in bytes",
+    "io_read_bytes_per_query": "two-tier: /proc/self/io read_bytes per cold query (what the block layer read)",
+    "cache_eviction_verified": "two-tier: mincore found none of the file's pages resident before every cold query",
     # filtered search
+    "filter": "filtered track: the filter family every query carried (search parameter 'filter', "
+              "harness/filters.py); empty for unfiltered runs",
+    "selectivity": "filtered track: mean fraction of the base passing the evaluated queries' filters",
+    "filter_groups": "filtered track: distinct filters among the evaluated queries (one batch search each)",
+    "filter_violations": "filtered track: returned ids that fail their query's filter (any makes the row invalid)",
+    "filter_judged_queries": "filtered track: queries with a relevant document that passes their filter "
+                             "(nDCG@10 and judged Recall@100 are averaged over these)",
     # multi-vector (bytes are per document)
+    "bytes_unit": "what n counts in bytes_per_vector: 'document' in the multi-vector track (RAM / documents, "
+                  "every token of a document included); empty: one vector per item",
+    "tokens_per_doc": "mean token vectors per document (multi-vector track)",
     # encoder layers (2DMSE / Starbucks post-hoc)
+    "encoder_layer": "the data set's vectors are the pooled hidden state of this encoder layer (NAME@L<layer>, "
+                     "harness/layers.py); empty: the model's standard embedding",
+    "encoder_pooling": "token pooling of that layer's hidden state: mean (masked) or cls",
+    "encoder_layers_total": "layers of the full encoder (encoder_layer = this is its last layer)",
+    "query_encode_ms_per_query": "median ms to encode one query alone (tokenise, forward, pool; one thread) with "
+                                 "the encoder truncated to encoder_layer layers; all layers timed in one run, "
+                                 "interleaved: compare as ratios",
+    "query_encode_batch_ms_per_query": "ms per query encoding the queries in batches (encoder batch size, one "
+                                       "thread), truncated to encoder_layer layers, same run",
+    "query_encode_ratio_to_full": "query_encode_ms_per_query / that of the full encoder, measured in the same run",
     # provenance
     "versions": "JSON of package versions",
     "cpu_model": "CPU model",

@@ -4,7 +4,8 @@ queries relevant to their own synset.
 WordNet is read from Debian's ``wordnet-base`` (``/usr/share/wordnet``) when present, else from
 the public WordNet 3.0 tarball (downloaded once into the cache). The ``data.{noun,verb,adj,adv}``
 files are parsed here: each synset line ends with ``| gloss``, a gloss being definitions followed
-by quoted example sentences.
+by quoted example sentences. The line's head gives the lexicographer file (``lex_filenum``),
+kept for filtered search (:mod:`harness.filters`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Synset:
     lemmas: tuple[str, ...]
     definition: str
     examples: tuple[str, ...]
+    lexfile: int = -1  # lexicographer file number (lex_filenum, 0-44; harness.filters.LEXNAMES)
 
 
 def parse_data_file(path: Path, pos: str) -> list[Synset]:
@@ -47,7 +49,7 @@ def parse_data_file(path: Path, pos: str) -> list[Synset]:
             definition = _QUOTED.sub("", gloss)
             definition = re.sub(r"(\s*;\s*)+", "; ", definition).strip(" ;")
             if definition:
-                synsets.append(Synset(f"{pos}{fields[0]}", lemmas, definition, examples))
+                synsets.append(Synset(f"{pos}{fields[0]}", lemmas, definition, examples, int(fields[1])))
     return synsets
 
 

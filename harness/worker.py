@@ -29,7 +29,9 @@ from harness import schema
 from harness.dataset import PreparedDataset
 from harness.groundtruth import pair_scores, true_distance
 from harness.io import atomic_path, atomic_write_json
+from harness.layers import encoder_columns
 from harness.metrics import qrels_metrics, recall_by_distance, recall_with_ties
+from harness.phases import BuildPeak, dataset_columns, touch
 from harness.provenance import blas_info
 from harness.registry import get_method
 from harness.validation import InvalidResults, validate_results
@@ -224,14 +226,18 @@ def run_task(task: Task) -> list[dict[str, Any]]:
     index = cls(ds.dim, ds.method_metric, **degraded(task.method, task.build_params))
     index.expected_n = ds.n
     _set_threads(index, threads)
+    touch(base)  # the base is resident before the build peak is measured (harness/phases.py)
+    peak = BuildPeak()
     t0 = time.perf_counter()
-    index.fit(train, train_queries)
+    with peak:
+        index.fit(train, train_queries)
     train_s = time.perf_counter() - t0
     index.warm_up()  # JIT kernels are compiled here: their memory is not the index's
     warm_blas(ds.dim)  # so are BLAS's work buffers, allocated on the first large GEMM
     rss_before = anon_rss()
     t0 = time.perf_counter()
-    index.add(base)
+    with peak:
+        index.add(base)
     build_s = time.perf_counter() - t0
     _set_threads(index, 1)
     k = min(task.k, ds.n)
@@ -248,7 +254,9 @@ def run_task(task: Task) -> list[dict[str, Any]]:
     cutoffs_100 = tuple(c for c in RECALL_KS if c <= qk and c not in cutoffs_k)
     rows_out = []
     for search_params, chash in zip(task.search_configs, task.config_hashes, strict=True):
+        t_eval = time.perf_counter()  # this row's search evaluation: search_s
         row = task_identity(task, search_params, chash)
+        row.update(encoder_columns(ds.meta))  # a layer's data set: its depth and query encoding cost
         # the timed operating point: quality, batch QPS and latency of the same search for k results
         _set_threads(index, 1)
         scores, ids, qps_1t = _timed_search(index, queries, k, search_params)
@@ -310,6 +318,12 @@ def run_task(task: Task) -> list[dict[str, Any]]:
                                     ids_k=ids.astype(np.int32), latency_ms=latencies.astype(np.float32),
                                     **{f"q_{name}": v.astype(np.float32) for name, v in per_query.items()})
             row["raw_path"] = str(raw)
+        if mem.disk > 0:  # two-tier (RAM + disk): warm / cold latency, bytes read (harness/disk_tier.py)
+            from harness import disk_tier
+
+            _set_threads(index, 1)
+            row.update(disk_tier.measure(index, queries, k, search_params))
+        row.update({"search_s": time.perf_counter() - t_eval, **peak.columns(), **dataset_columns(ds.meta)})
         rows_out.append(row)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for row in rows_out:

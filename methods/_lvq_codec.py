@@ -194,7 +194,8 @@ class LVQStore:
 
     # ---- build -------------------------------------------------------------------------
     def fit(self, train: np.ndarray) -> None:
-        self.mean = np.asarray(train, dtype=np.float64).mean(axis=0).astype(np.float32)
+        # float64 accumulation without a float64 copy of the sample (307 MB at 100k × 384): same values
+        self.mean = np.mean(train, axis=0, dtype=np.float64).astype(np.float32)
 
     def add(self, x: np.ndarray, chunk: int | None = None) -> None:
         """Encode ``x`` in chunks of about :data:`ENCODE_CHUNK_BYTES` of float64 into arrays

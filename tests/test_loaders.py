@@ -460,8 +460,8 @@ def test_prompt_registry_gives_known_models_their_prompts():
     assert (spec.query_prompt, spec.document_prompt) == ("query: ", "passage: ")
     assert EncoderSpec.from_options({"model": "intfloat/e5-base-v2", "query_prompt": ""}).query_prompt == ""
     assert EncoderSpec.from_options({"model": "nomic-ai/nomic-embed-text-v1"}).trust_remote_code
-    with pytest.raises(DataError, match="unknown encoder option\\(s\\) pooling"):
-        EncoderSpec.from_options({"pooling": "cls"})
+    with pytest.raises(DataError, match="unknown encoder option\\(s\\) dropout"):
+        EncoderSpec.from_options({"dropout": 0.1})
     with pytest.raises(DataError, match="max_length must be a positive integer"):
         EncoderSpec.from_options({"max_length": 0})
 
