@@ -112,7 +112,8 @@ def run(
     from harness.registry import suite as suite_methods
 
     names = list(method or [])
-    if names == ["all"]:
+    every = names == ["all"]
+    if every:
         names = list(all_methods())
     if suite:
         names += [m for m in suite_methods(suite) if m not in names]
@@ -153,7 +154,8 @@ def run(
     cfg = SweepConfig(methods=names, budgets=budgets, k=k, per_budget=per_budget,
                       latency_queries=latency_queries, latency_seconds=latency_seconds, force=force,
                       retry_failed=retry_failed, variants=variants, time_limit_s=time_limit,
-                      memory_limit_bytes=executor.memory_limit_bytes)
+                      memory_limit_bytes=executor.memory_limit_bytes,
+                      skip_unsupported=every or (bool(suite) and not method))
     new = run_sweep(ds, cfg, store, executor, progress=not quiet)
     df = store.load()
     if filtered_report.has_filters(ds) and all(get_method(m).input_kind == "filtered" for m in names):

@@ -44,6 +44,8 @@ class SweepConfig:
     retry_failed: bool = False
     #: also plan each method's named variants (departures from the paper) beside its recipe
     variants: bool = False
+    #: methods came from `-m all` or a suite: leave out those the data set cannot run instead of failing
+    skip_unsupported: bool = False
     #: the worker's limits: part of what a failure depends on (a time-out under another limit is retried)
     time_limit_s: float | None = None
     memory_limit_bytes: int | None = None
@@ -105,7 +107,7 @@ def plan_sweep(ds: PreparedDataset, cfg: SweepConfig, store: ResultStore) -> Pla
     classes = [get_method(m) for m in names]
     unsupported = [c.name for c in classes
                    if ds.method_metric not in c.metrics or not tracks.supports(ds, c.input_kind)]
-    if unsupported and cfg.methods:
+    if unsupported and cfg.methods and not cfg.skip_unsupported:
         kinds = sorted({c.input_kind for c in classes if c.name in unsupported})
         raise VecbudgetError(f"method(s) {', '.join(unsupported)} cannot run on {ds.name} "
                              f"(metric {ds.metric}; input {', '.join(kinds)}: see `vecbudget methods`)")
