@@ -69,7 +69,7 @@ def run(
     suite: Annotated[str | None, typer.Option("--suite", "-s", help="A method suite from methods/suites.toml (default, baselines, paper) or 'all'.")] = None,
     budget: Annotated[list[float] | None, typer.Option("--budget", "-b", help="Budget in bytes per vector; repeat for several.")] = None,
     k: Annotated[int, typer.Option(help="k for recall@k, latency and QPS.")] = 10,
-    full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="WordNet: all 117,659 definitions and every example sentence not used for training as a query (30,877) instead of the 20k / 5k subset.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run configurations already stored.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run stored failed configurations.")] = False,
     variants: Annotated[bool, typer.Option("--variants", help="Also run each method's named variants (departures from the paper) beside its recipe.")] = False,
@@ -126,7 +126,7 @@ def run(
     from harness.plots import plot_dataset
     from harness.sweep import SweepConfig, run_sweep
 
-    overrides = {"documents": None} if full else {}
+    overrides = {"documents": None, "queries": None} if full else {}
     overrides.update(_encoder_overrides(model, query_prompt, doc_prompt, max_length, batch_size, normalize))
     store = ResultStore(results_dir)
     store.check_writable()  # before any encoding or build
@@ -247,7 +247,7 @@ def datasets_list() -> None:
 
 
 def _dataset_overrides(full: bool, **encoder: object) -> dict:
-    overrides = {"documents": None} if full else {}
+    overrides = {"documents": None, "queries": None} if full else {}
     overrides.update(_encoder_overrides(**encoder))
     return overrides
 
@@ -333,7 +333,7 @@ def _describe(ds, m, stats: dict | None) -> list[str]:
 def datasets_prepare(
     name: Annotated[str, typer.Argument(help="Data set name (see `datasets list`), manifest .toml, .hdf5 file or folder.")],
     multivector: Annotated[bool, typer.Option("--multivector", help="Also store token-level embeddings (text data sets).")] = False,
-    full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="WordNet: all 117,659 definitions and every example sentence not used for training as a query (30,877) instead of the 20k / 5k subset.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     model: ModelOpt = None,
     query_prompt: QueryPromptOpt = None,
@@ -370,7 +370,7 @@ def datasets_info(
     sample: Annotated[int, typer.Option(help="Base vectors and queries sampled for LID and NN statistics.")] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     no_stats: Annotated[bool, typer.Option("--no-stats", help="Skip norms, LID and shift.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="WordNet: all ~117k definitions instead of the 20k subset.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="WordNet: all 117,659 definitions and every example sentence not used for training as a query (30,877) instead of the 20k / 5k subset.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     model: ModelOpt = None,
     query_prompt: QueryPromptOpt = None,

@@ -93,7 +93,9 @@ def identity(raw: RawDataset) -> str:
     they name. Not the name: a copy of the same data under another name is the same data set, and
     its runs are shown under whichever name the user gives. An encoder setting beyond the
     standard embedding (``raw.encoder_identity``: model, layer, pooling — :mod:`harness.layers`)
-    is named in it as well; standard embeddings keep the identity they always had.
+    is named in it as well; standard embeddings keep the identity they always had. So is what a
+    track adds (``raw.track_identity``, e.g. the filter spec: a filtered data set's runs never mix
+    with its plain vectors' or with another filter spec's).
     """
     arrays = [raw.base, raw.queries] + ([raw.train_queries] if raw.train_queries is not None else [])
     judgments = None
@@ -102,6 +104,8 @@ def identity(raw: RawDataset) -> str:
     extra: dict[str, Any] = {"train_queries": raw.train_queries is not None, "judgments": judgments}
     if raw.encoder_identity:
         extra["encoder"] = raw.encoder_identity
+    if raw.track_identity:
+        extra["track"] = raw.track_identity
     return fingerprint(raw.metric, *arrays, normalise=raw.metric == "cosine", extra=extra)
 
 
@@ -138,6 +142,9 @@ class RawDataset:
     #: encoder settings the vectors depend on beyond the standard embedding (model, layer, pooling);
     #: part of the identity when set (None for standard embeddings and vector data sets)
     encoder_identity: dict[str, Any] | None = None
+    #: what an evaluation track adds to the data beyond its vectors and judgments (e.g. the filter
+    #: spec of a filtered data set: attributes, families, seeds); part of the identity when set
+    track_identity: dict[str, Any] | None = None
 
 
 class PreparedDataset:

@@ -213,3 +213,67 @@ def cli_summary(ds: Any, df: pd.DataFrame, new: pd.DataFrame, results_dir: str |
     if len(failures) > 10:
         print(f"... and {len(failures) - 10} more failed configuration(s)", file=sys.stderr)
     return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------
+# the report site's page and REPORT.md section (called by harness.report.build_report)
+
+PLOT_STEM = "recall_qps_vs_selectivity"
+PROTOCOL = (f"Each query carries a filter; ground truth is the exact top-k among the vectors that pass it, and "
+            f"nDCG@10 is computed on what the filter lets through (a relevant document that fails the filter "
+            f"cannot be retrieved; queries left without one are not judged). Operating point, as in "
+            f"big-ann-benchmarks' filter track: per entry and filter, the fastest configuration (QPS, one "
+            f"thread) whose recall@10 reaches {TARGET_RECALL:g}, else its best recall. No ranks: no paired "
+            f"test is run across entries here. QPS are from one run: read them as ratios within a table.")
+
+
+def reportable(df: pd.DataFrame) -> list[str]:
+    """Names of the data sets with stored filtered-track runs."""
+    runs = filtered_runs(df)
+    return sorted(runs["dataset"].unique()) if not runs.empty else []
+
+
+def site_body(name: str, runs: pd.DataFrame, plot_src: str | None) -> str:
+    """The HTML body of a filtered data set's page: the plot and one table per selectivity band."""
+    from harness.report import _e, _method_link, _table, _td
+
+    table = band_table(runs)
+    parts = [f"<h1>{_e(name)}: filtered search</h1>", f"<p>{_e(PROTOCOL)} {len(runs)} stored "
+             f"configurations of {runs['method'].nunique()} methods, {runs['filter'].nunique()} filter families.</p>"]
+    if plot_src:
+        parts.append(f'<figure><img src="{_e(plot_src)}" alt="recall@10 and QPS vs selectivity" '
+                     f'style="max-width:100%"><figcaption>recall@10 and QPS at recall@10 ≥ {TARGET_RECALL:g} vs '
+                     f"selectivity, at ≤ {PLOT_BUDGET:g} B/vector</figcaption></figure>")
+    headers = [("filter", "filter family"), ("selectivity", "mean fraction of the base that passes"),
+               ("entry", "method / index kind"), ("build", ""), ("search", "the operating point's search parameters"),
+               ("recall@10", "against the exact filtered top-10"), (f"≥{TARGET_RECALL:g}", "reaches the target recall"),
+               ("nDCG@10", "on what the filter allows"), ("judged q", "queries with a retrievable relevant document"),
+               ("QPS (1 thread)", ""), ("p99 ms", ""), ("B/vec", "measured bytes per vector"), ("config", "")]
+    for i, (band, g) in enumerate(table.groupby("band", sort=False)):
+        rows = []
+        for _, r in g.iterrows():
+            ndcg = r["ndcg_at_10"]
+            rows.append("<tr>" + "".join([
+                _td(r["filter"]), _td(f"{r['selectivity']:.2%}", r["selectivity"]),
+                _td(_method_link(r["entry"].split("/")[0], text=r["entry"]), None, "method", raw=True),
+                _td(_build(r["build_params"]), None, "small"), _td(r["search_params"], None, "small"),
+                _td(f"{r['recall_at_10']:.4f}", r["recall_at_10"]), _td("yes" if r["reaches"] else "no"),
+                _td(f"{ndcg:.4f}" if np.isfinite(ndcg) else "–", ndcg if np.isfinite(ndcg) else None),
+                _td(str(r["judged"]), r["judged"]), _td(f"{r['qps_1t']:,.0f}", r["qps_1t"]),
+                _td(f"{r['latency_p99_ms']:.3f}", r["latency_p99_ms"]),
+                _td(f"{r['bytes_per_vector']:.0f}", r["bytes_per_vector"]),
+                _td(f"<code>{_e(r['config_hash'])}</code>", None, raw=True)]) + "</tr>")
+        parts.append(f"<h2>Selectivity {_e(band)}</h2>")
+        parts.append(_table(headers, rows, tid=f"band{i}"))
+    return "\n".join(parts)
+
+
+def markdown_section(name: str, runs: pd.DataFrame, page: str, plot_src: str | None) -> list[str]:
+    """REPORT.md lines for one filtered data set: the protocol, the plot and the per-band tables."""
+    lines = [f"## {name}: filtered search", "",
+             f"{PROTOCOL} {len(runs)} stored configurations of {runs['method'].nunique()} methods "
+             f"([site page]({page})).", ""]
+    if plot_src:
+        lines += [f"![{name}: recall@10 and QPS vs selectivity]({plot_src})", ""]
+    md = to_markdown(band_table(runs)).replace("#### Selectivity", "### Selectivity")
+    return lines + md.splitlines() + [""]

@@ -226,7 +226,8 @@ def filtered_ground_truth(base: np.ndarray, queries: np.ndarray, groups: np.ndar
 # the prepared filters/ folder
 
 
-def _spec(options: dict[str, Any]) -> dict[str, Any]:
+def filter_spec(options: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a manifest's options that decides the filters (part of the data set's identity)."""
     spec = {**DEFAULT_SPEC, **{k: options[k] for k in DEFAULT_SPEC if k in options}}
     spec["source"] = str(options["filters"])
     spec["version"] = FILTERS_VERSION
@@ -242,7 +243,7 @@ def prepare_filters(m: Any, ds: PreparedDataset, *, progress: bool = True) -> Pa
 
     Built in a temporary folder and renamed into place; a folder of another spec is replaced.
     """
-    spec = _spec(m.options)
+    spec = filter_spec(m.options)
     folder = ds.path / FILTERS_DIR
     meta_file = folder / "meta.json"
     if meta_file.exists():

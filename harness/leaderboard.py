@@ -43,8 +43,11 @@ COLUMNS = [
     "disk_bytes_per_vector", "latency_warm_p50_ms", "latency_cold_p50_ms",
     # multi-vector: "document" when bytes_per_vector counts bytes per document (harness/tracks/multivector.py)
     "bytes_unit",
+    # layers x dimensions: the encoder depth of the data set's vectors and the query encoding cost it implies
+    "encoder_layer", "query_encode_ms_per_query", "query_encode_ratio_to_full",
 ]
 TWO_TIER = ("disk_bytes_per_vector", "latency_warm_p50_ms", "latency_cold_p50_ms")
+ENCODER = ("encoder_layer", "query_encode_ms_per_query", "query_encode_ratio_to_full")
 
 
 def quality_metric(df: pd.DataFrame) -> str:
@@ -169,7 +172,7 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
         variant=[variant_of(r) for _, r in runs.iterrows()],
     )
     runs["entry"] = [entry_name(m, v) for m, v in zip(runs["method"], runs["variant"], strict=True)]
-    for col in ("recall_at_10", "qrels_recall_at_100", "memory_flag", "latency_p99_ms", *TWO_TIER):  # absent in odd rows
+    for col in ("recall_at_10", "qrels_recall_at_100", "memory_flag", "latency_p99_ms", *TWO_TIER, *ENCODER):  # absent in odd rows
         if col not in runs:
             runs[col] = np.nan
     sig = _Significance(metric, alpha)
@@ -199,6 +202,7 @@ def leaderboard(df: pd.DataFrame, dataset: str, budgets: tuple[float, ...], *, a
                 "bytes_projected": at_n is not None, "memory_flag": bool(pd.notna(r["memory_flag"]) and r["memory_flag"]),
                 "build_s": r["train_s"] + r["build_s"], "config_hash": r["config_hash"], "fits": True,
                 "note": "", **{c: r[c] for c in TWO_TIER}, "bytes_unit": r.get("bytes_unit", ""),
+                **{c: r[c] for c in ENCODER},
             })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -256,6 +260,10 @@ def to_markdown(board: pd.DataFrame, top: int | None = None) -> str:
         table["disk B/vec"] = shown["disk_bytes_per_vector"].map(lambda v: _num(v, ".0f"))
         table["warm p50 ms"] = shown["latency_warm_p50_ms"].map(lambda v: _num(v, ".3f"))
         table["cold p50 ms"] = shown["latency_cold_p50_ms"].map(lambda v: _num(v, ".3f"))
+    if all(c in shown for c in ENCODER) and pd.to_numeric(shown["encoder_layer"], errors="coerce").notna().any():
+        table["encoder layer"] = shown["encoder_layer"].map(lambda v: _num(v, ".0f"))  # a layer's data set
+        table["query encode ms"] = shown["query_encode_ms_per_query"].map(lambda v: _num(v, ".2f"))
+        table["× full encoder"] = shown["query_encode_ratio_to_full"].map(lambda v: _num(v, ".2f"))
     flags = shown["memory_flag"].fillna(False).astype(bool)
     if flags.any():
         table["memory check"] = ["RAM below RSS growth" if f else "" for f in flags]

@@ -587,6 +587,10 @@ def load_dataset(spec: str = DEFAULT_DATASET, *, overrides: dict[str, Any] | Non
     t0 = time.perf_counter()
     raw = build_raw(m, progress)
     raw.info["phases"] = {"encode_s": time.perf_counter() - t0}  # kept in meta.json by prepare (issue 13)
+    if m.options.get("filters"):  # the filter spec is part of a filtered data set's identity
+        from harness.filters import filter_spec
+
+        raw.track_identity = {"filters": filter_spec(m.options)}
     ds = prepare(raw, cache_root(), progress=progress)
     if m.options.get("filters"):  # filtered search: attributes, filters, filtered ground truth
         from harness.filters import prepare_filters

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import interactive_plot
+from harness import filtered_report, interactive_plot
 from harness import uncertainty as unc
 from harness.budgets import DEFAULT_BUDGETS
 from harness.errors import VecbudgetError
@@ -66,7 +66,9 @@ ASSETS = Path(__file__).resolve().parent / "report_assets"
 VARIANT_PARAM = "variant"  # the build parameter naming a departure from the paper (harness.method)
 RETENTION_LEVELS = (0.95, 0.99)
 LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_10": "recall@10", "qrels_recall_at_100": "Recall@100"}
-REFERENCE_METHOD = "exact"
+#: the exact search whose quality the others are measured against, by track: the first present wins
+#: (dense: exact float32 search; multi-vector: exact Chamfer over all float32 tokens)
+REFERENCE_METHODS = ("exact", "chamfer-exact")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,10 +111,12 @@ class _IntervalCache:
 
 
 def _reference(runs: pd.DataFrame, metric: str) -> dict[str, Any] | None:
-    """Exact float32 search quality (the best 'exact' run); None when no exact run is stored."""
-    exact = runs[runs["method"] == REFERENCE_METHOD]
-    if exact.empty:
+    """Exact float32 search quality (the best run of the first of :data:`REFERENCE_METHODS`
+    stored); None when none is stored."""
+    present = [m for m in REFERENCE_METHODS if (runs["method"] == m).any()]
+    if not present:
         return None
+    exact = runs[runs["method"] == present[0]]
     r = exact.sort_values(metric, ascending=False).iloc[0]
     return {"quality": float(r[metric]), "config_hash": r["config_hash"], "method": r["method"],
             "bytes_per_vector": float(r["bytes_per_vector"])}
@@ -708,6 +712,24 @@ def _plots_html(rep: DatasetReport) -> str:
             f'<div class="plots">{"".join(figures)}</div>')
 
 
+def _encoder_layer_html(runs: pd.DataFrame) -> str:
+    """A layer's data set (layers x dimensions): which encoder depth its vectors come from and the
+    query encoding cost of that depth, as its rows record it."""
+    if "encoder_layer" not in runs or pd.to_numeric(runs["encoder_layer"], errors="coerce").isna().all():
+        return ""
+    r = runs[pd.to_numeric(runs["encoder_layer"], errors="coerce").notna()].iloc[0]
+    total = r.get("encoder_layers_total")
+    of = f" of {int(total)}" if pd.notna(total) else ""
+    cost = ""
+    if pd.notna(r.get("query_encode_ms_per_query")):
+        cost = (f"; encoding one query with the encoder truncated to this depth takes "
+                f"{float(r['query_encode_ms_per_query']):.2f} ms (median, one thread)")
+        if pd.notna(r.get("query_encode_ratio_to_full")):
+            cost += f", {float(r['query_encode_ratio_to_full']):.2f}× the full encoder in the same run"
+    return (f'<p class="meta">Post-hoc layers × dimensions: vectors are the {_e(r.get("encoder_pooling") or "mean")}-'
+            f"pooled hidden state of encoder layer {int(r['encoder_layer'])}{of}{_e(cost)}.</p>\n")
+
+
 def dataset_page(rep: DatasetReport) -> str:
     info = rep.info
     label = LABELS.get(rep.metric, rep.metric)
@@ -723,7 +745,7 @@ def dataset_page(rep: DatasetReport) -> str:
 <p class="meta">n={info['n']:,} vectors, d={info['dim']}, {info['nq']} queries, metric {_e(info['metric'])},
 quality {_e(label)}; {len(rep.runs)} configurations of {rep.runs['method'].nunique()} methods
 (data set fingerprint <code>{_e(info['fingerprint'])}</code>).</p>
-{failed}
+{_encoder_layer_html(rep.runs)}{failed}
 <section id="leaderboard-section"><h2>Leaderboard by budget</h2>
 <p>At each budget every method competes with its best configuration whose {bytes_text}
 fit. ★ marks the best; ≈#1 marks methods the paired test cannot tell from it (they share its rank).
@@ -953,7 +975,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows: int,
-                    results_dir: Path | None = None) -> str:
+                    results_dir: Path | None = None, extra_lines: list[str] | None = None) -> str:
     rel = Path(os.path.relpath(site, md_path.parent)).as_posix()
     lines = ["# vecbudget report", "",
              f"Built from `runs/*.parquet`: {_rows_sentence(reps, n_rows)} Browsable site with sortable "
@@ -1027,6 +1049,7 @@ def markdown_report(reps: list[DatasetReport], site: Path, md_path: Path, n_rows
             lines += [f"![{rep.name}: {name.replace('_', ' ')}]({rel}/{png})", ""]
         if per_document(rep.runs):
             lines[first:] = [per_document_text(line) for line in lines[first:]]
+    lines += list(extra_lines or [])
     study = insertion_order_summary(results_dir) if results_dir is not None else None
     if study is not None:
         link = Path(os.path.relpath(Path(results_dir) / INSERTION_ORDER_STUDY, md_path.parent)).as_posix()
@@ -1102,7 +1125,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     reps = [r for r in (analyse_dataset(df, n, budgets, resamples=resamples, at_n=at_n, cache=cache,
                                         fingerprint=identities.get(n)) for n in stored)
             if r is not None]
-    if not reps or not rebuild & {r.name for r in reps}:
+    filtered_names = [n for n in filtered_report.reportable(df) if n in stored]
+    if not rebuild & ({r.name for r in reps} | set(filtered_names)):
         raise VecbudgetError(f"no successful runs to report in {results_dir / 'runs'}"
                              + (f" for {', '.join(sorted(rebuild))}" if datasets else ""))
 
@@ -1126,24 +1150,72 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
             rep.plots = {s: (f"{folder}/{s}.png", f"{folder}/{s}.svg") for s in stems}
             page.write_text(dataset_page(rep))
             rebuilt.append(rep.name)
+        filtered_pages = _filtered_pages(df, tmp, filtered_names, rebuild, identities, plots)
         def methods_of(r: DatasetReport) -> set[str]:
             return set(r.runs["method"]) | set(r.failed.get("method", []))
 
-        method_names = sorted(set().union(*(methods_of(r) for r in reps)))
+        filtered_methods = set(filtered_report.filtered_runs(df)["method"]) if filtered_names else set()
+        method_names = sorted(set().union(*(methods_of(r) for r in reps)) | filtered_methods)
         touched = set().union(*(methods_of(r) for r in reps if r.name in rebuilt))
+        if rebuild & set(filtered_names):
+            touched |= filtered_methods
         infos = {m: method_info(m) for m in method_names}
         for m in method_names:
             page = tmp / "methods" / f"{_slug(m)}.html"
             if m in touched or not page.is_file():  # a method only in kept data sets keeps its page
                 page.write_text(method_page(m, infos[m], reps, cache))
-        (tmp / "index.html").write_text(index_page(reps, infos, len(df), _insertion_order_html(results_dir, site)))
+        studies = _filtered_index_html(filtered_pages) + _insertion_order_html(results_dir, site)
+        (tmp / "index.html").write_text(index_page(reps, infos, len(df), studies))
         _swap_in(tmp, site)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(md_path, markdown_report(reps, site, md_path, len(df), results_dir))
+    filtered_md = _filtered_markdown(df, filtered_pages, site, md_path, identities)
+    atomic_write_text(md_path, markdown_report(reps, site, md_path, len(df), results_dir, filtered_md))
     md_path.chmod(0o644)  # readable like the site's files (the atomic writer's temp file is 0600)
-    return ReportPaths(site, md_path, [r.name for r in reps], method_names, rebuilt)
+    shown = [r.name for r in reps] + [n for n in filtered_names if n not in {r.name for r in reps}]
+    rebuilt += [n for n in filtered_names if n in rebuild and n not in rebuilt]
+    return ReportPaths(site, md_path, shown, method_names, rebuilt)
+
+
+def _filtered_pages(df: pd.DataFrame, site: Path, names: list[str], rebuild: set[str],
+                    identities: dict[str, str], plots: bool) -> dict[str, tuple[str, str | None]]:
+    """Write the filtered-search page (per-band tables, recall/QPS-vs-selectivity plot) of each
+    data set in ``names`` that is rebuilt or has none yet: name -> (page, plot PNG), site paths."""
+    out: dict[str, tuple[str, str | None]] = {}
+    (site / "filtered").mkdir(exist_ok=True)
+    for name in names:
+        slug = _slug(name)
+        page, folder = site / "filtered" / f"{slug}.html", f"plots/filtered/{slug}"
+        png = f"{folder}/{filtered_report.PLOT_STEM}.png"
+        if name in rebuild or not page.is_file():
+            runs = filtered_report.filtered_runs(df, name, identities.get(name))
+            shutil.rmtree(site / folder, ignore_errors=True)
+            if plots:
+                filtered_report.plot(runs, site / folder)
+            src = f"../{png}" if (site / png).is_file() else None
+            page.write_text(_page(f"{name}: filtered search", filtered_report.site_body(name, runs, src), depth=1))
+        out[name] = (f"filtered/{slug}.html", png if (site / png).is_file() else None)
+    return out
+
+
+def _filtered_index_html(pages: dict[str, tuple[str, str | None]]) -> str:
+    if not pages:
+        return ""
+    items = "".join(f'<li><a href="{_e(page)}">{_e(name)}</a></li>' for name, (page, _png) in pages.items())
+    return ("<h2>Filtered search</h2>\n<p>Every query carries a filter (attribute filters and random subsets "
+            "from 0.1% to 50% selectivity); per-selectivity-band tables and the recall/QPS-vs-selectivity "
+            f"plot:</p>\n<ul>{items}</ul>\n")
+
+
+def _filtered_markdown(df: pd.DataFrame, pages: dict[str, tuple[str, str | None]], site: Path, md_path: Path,
+                       identities: dict[str, str]) -> list[str]:
+    rel = Path(os.path.relpath(site, md_path.parent)).as_posix()
+    lines: list[str] = []
+    for name, (page, png) in pages.items():
+        runs = filtered_report.filtered_runs(df, name, identities.get(name))
+        lines += filtered_report.markdown_section(name, runs, f"{rel}/{page}", f"{rel}/{png}" if png else None)
+    return lines
 
 
 def _static_plots(site: Path, folder: str) -> dict[str, tuple[str, str]]:

@@ -91,24 +91,47 @@ class WordnetSplit:
 
 
 def split(
-    synsets: list[Synset], *, documents: int | None, queries: int, train_queries: int, seed: int = 0
+    synsets: list[Synset], *, documents: int | None, queries: int | None, train_queries: int, seed: int = 0
 ) -> WordnetSplit:
     """A deterministic subset: query synsets first (one example each), then other definitions.
 
-    ``documents=None`` keeps every synset. Test and training queries come from disjoint synsets and never share a sentence;
-    each query's only relevant document is its own synset's definition.
+    ``documents=None`` keeps every synset. ``queries=None`` makes every synset with an example a
+    test query except the training ones (drawn first) and those whose sentence a training query
+    already uses (the scale track's full WordNet). Test and training queries come from disjoint
+    synsets and never share a sentence; each query's only relevant document is its own synset's
+    definition.
     """
     rng = np.random.default_rng(seed)
     with_examples = [i for i, s in enumerate(synsets) if s.examples]
-    if len(with_examples) < queries + train_queries:
+    if len(with_examples) < (queries or 0) + train_queries:
         raise DataError(f"WordNet has {len(with_examples)} synsets with examples, fewer than requested")
     order = rng.permutation(with_examples)
+    if queries is None:  # all: the training queries first, every other example sentence is a test query
+        train_idx = np.asarray(order[:train_queries], dtype=np.int64)
+        train_texts = {synsets[i].examples[0] for i in train_idx}
+        test_idx = np.array([i for i in order[train_queries:] if synsets[i].examples[0] not in train_texts],
+                            dtype=np.int64)
+        # WordNet repeats a few sentences across synsets: keep the first as the test query
+        seen: set[str] = set()
+        keep = []
+        for i in test_idx:
+            text = synsets[i].examples[0]
+            if text not in seen:
+                seen.add(text)
+                keep.append(i)
+        test_idx = np.asarray(keep, dtype=np.int64)
+        return _subset(synsets, documents, test_idx, train_idx, rng)
     test_idx = order[:queries]
     # training queries: other synsets, and never a sentence that is also a test query (WordNet
     # repeats a few example sentences across synsets, e.g. "mellow wisdom")
     test_texts = {synsets[i].examples[0] for i in test_idx}
     train_idx = np.array([i for i in order[queries:] if synsets[i].examples[0] not in test_texts][:train_queries],
                          dtype=np.int64)
+    return _subset(synsets, documents, test_idx, train_idx, rng)
+
+
+def _subset(synsets: list[Synset], documents: int | None, test_idx: np.ndarray, train_idx: np.ndarray,
+            rng: np.random.Generator) -> WordnetSplit:
     picked = np.concatenate([test_idx, train_idx])
     if documents is None:
         doc_idx = np.arange(len(synsets))

@@ -124,3 +124,21 @@ def test_huge_finite_values_are_refused_before_ground_truth(tmp_path):
     with pytest.raises(DataError, match="toy base vectors: values too large for float32"):
         prepare(raw(base=base * np.float32(1e19), queries=queries), tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_full_wordnet_split_takes_every_example_not_used_for_training():
+    """``queries=None`` (``--full``): every synset with an example is a test or a training query,
+    never both, never sharing a sentence; training queries as the seed draws them."""
+    from harness.wordnet import Synset
+
+    synsets = [Synset(id=f"n{i:08d}", lemmas=(f"w{i}",), definition=f"definition {i}",
+                      examples=((f"sentence {i % 40}",) if i % 3 else ())) for i in range(120)]
+    sp = split(synsets, documents=None, queries=None, train_queries=10, seed=1)
+    test, train = sp.test_queries, sp.train_queries
+    assert len(train) == 10 and len(sp.documents) == 120
+    train_texts = {t for _, t, _ in train}
+    assert not train_texts & {t for _, t, _ in test}
+    assert not {s for _, _, s in train} & {s for _, _, s in test}
+    assert len({t for _, t, _ in test}) == len(test)  # a repeated sentence is one query
+    with_examples = {s.examples[0] for s in synsets if s.examples}
+    assert {t for _, t, _ in test} | train_texts == with_examples  # nothing left out

@@ -218,6 +218,31 @@ def test_cli_run_on_a_tiny_filtered_folder(tmp_path) -> None:
     assert "Selectivity" in board and "filter-exact" in board and "test-filter-ignored" not in board
     assert (results / "plots" / "filtered" / "tiny-filtered" / "recall_qps_vs_selectivity.png").exists()
     assert "filtered leaderboard" in proc.stdout
+    # the report site gets a filtered page (a filtered-only store has no dense leaderboard to show)
+    rep = subprocess.run([sys.executable, "cli.py", "report", "--results-dir", str(results)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    page = (results / "report" / "filtered" / "tiny-filtered.html").read_text()
+    assert "Selectivity" in page and "filter-exact" in page and "recall_qps_vs_selectivity.png" in page
+    assert (results / "report" / "plots" / "filtered" / "tiny-filtered" / "recall_qps_vs_selectivity.png").exists()
+    assert 'href="filtered/tiny-filtered.html"' in (results / "report" / "index.html").read_text()
+    assert "## tiny-filtered: filtered search" in (results / "REPORT.md").read_text()
+    assert (results / "report" / "methods" / "filter-exact.html").exists()
+
+
+def test_filter_spec_is_part_of_the_data_set_identity(tmp_path, monkeypatch) -> None:
+    """Runs under one filter spec never resume or rank as another's, nor as the plain vectors'."""
+    from harness.loaders import load_dataset
+
+    monkeypatch.setenv("VECBUDGET_CACHE", str(tmp_path / "cache"))
+    folder = write_filtered_folder(tmp_path / "data", n=400, nq=10)
+    manifest = (folder / "data.toml").read_text()
+    (folder / "plain.toml").write_text(manifest.split("[options]")[0].replace("tiny-filtered", "tiny-plain"))
+    (folder / "other.toml").write_text(manifest.replace("random_groups = 4", "random_groups = 5"))
+    fps = [load_dataset(str(folder / f), progress=False).fingerprint for f in ("data.toml", "plain.toml", "other.toml")]
+    assert len(set(fps)) == 3, fps
+    again = load_dataset(str(folder / "data.toml"), progress=False).fingerprint
+    assert again == fps[0]
 
 
 def test_wordnet_attributes_come_from_the_data_lines(tmp_path) -> None:
