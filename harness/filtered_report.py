@@ -33,9 +33,8 @@ PLOT_BUDGET = 2048.0
 
 
 def filtered_runs(df: pd.DataFrame, dataset: str | None = None, fingerprint: str | None = None) -> pd.DataFrame:
-    """OK filtered-track rows of one data set, one per configuration: by name and identity (a
-    filtered data set shares its vectors' identity with the plain one, e.g. wordnet-filtered and
-    wordnet, so the name tells them apart)."""
+    """OK filtered-track rows of one data set, one per configuration: by name and, when given, by
+    identity (a filtered data set's identity covers its filter spec: harness.filters.filter_spec)."""
     if df.empty or "filter" not in df:
         return df.iloc[0:0]
     ok = df[(df["status"] == "ok") & df["filter"].notna() & (df["filter"] != "")]
@@ -43,6 +42,9 @@ def filtered_runs(df: pd.DataFrame, dataset: str | None = None, fingerprint: str
         ok = ok[ok["dataset_fingerprint"] == fingerprint]
     if dataset is not None:
         ok = ok[ok["dataset"] == dataset]
+        if fingerprint is None and not ok.empty:  # the name's most recent identity, as select_runs
+            newest = ok.sort_values("created_utc", kind="mergesort")["dataset_fingerprint"].iloc[-1]
+            ok = ok[ok["dataset_fingerprint"] == newest]
     if ok.empty:
         return ok
     out = latest(ok).copy()
