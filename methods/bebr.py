@@ -27,9 +27,13 @@ This module is the training-free variant (the learned one is ``methods/bebr_lear
   integer-weighted sums). Popcount work grows with the square of the number of planes, the
   GEMM's does not; ``auto`` (default) takes popcount for one plane or at most 4 queries and GEMM
   otherwise; up to ``_kernels.SMALL_BATCH`` queries (codes of a multiple of 64 bits) take
-  ``compiled``, a numba kernel doing all plane pairs of a vector on 64-bit words (kernel
-  ``compiled``). Measured before that kernel by ``benchmarks/scan_speed.py`` (20000 x 384, 1000 queries, one thread,
-  timed alternately with faiss ``IndexBinaryFlat`` on the same number of bits): one plane,
+  ``compiled``, a numba kernel doing all plane pairs of a vector on 64-bit words with scalar
+  ``popcnt``, the plane weights from the fp16 scales and the top-k heap inside the kernel. Its
+  work per vector is ``(u·bits)^2`` popcount rows against ``u·bits`` for faiss's
+  ``IndexBinaryFlat`` on the same bytes, so from 2 planes on it cannot match that kernel's
+  single-query latency by construction (about ``u·bits`` times the popcounts). Measured before
+  that kernel by ``benchmarks/scan_speed.py`` (20000 x 384, 1000 queries, one thread, timed
+  alternately with faiss ``IndexBinaryFlat`` on the same number of bits): one plane,
   popcount 0.90x and GEMM 0.56x faiss's QPS; 2 planes (GEMM) 0.71x; 4 planes (GEMM) 1.06-1.20x;
 * optional float re-rank (build param ``rerank`` = candidate multiplier, 0 = off, the default):
   float32 vectors are then kept in RAM and counted.
@@ -128,6 +132,16 @@ class RecurrentBinaryIndex(Method):
 
     def _encode_centred(self, xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Centred vectors -> (planes bool (n, u·bits, code_dim), scales fp16 (n, u))."""
+        if self.bits == 1:  # quantize_step's 1-bit steps in fewer numpy calls (same arithmetic)
+            r = xc.astype(np.float32, copy=True)
+            planes = np.empty((r.shape[0], self.u, r.shape[1]), dtype=bool)
+            scales = np.empty((r.shape[0], self.u), dtype=np.float16)
+            for t in range(self.u):
+                planes[:, t] = r >= 0
+                scales[:, t] = np.abs(r).mean(axis=1)
+                if t + 1 < self.u:
+                    r -= scales[:, t].astype(np.float32)[:, None] * np.where(planes[:, t], 1, -1).astype(np.int8)
+            return planes, scales
         r = xc.astype(np.float32, copy=True)
         planes, scales = [], []
         for _ in range(self.u):
@@ -226,21 +240,13 @@ class RecurrentBinaryIndex(Method):
         return dist, ids
 
     def _compiled_search(self, qplanes: np.ndarray, qw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """SDC by the compiled popcount kernel (64-bit words, all plane pairs per vector)."""
+        """SDC by the compiled popcount kernel (64-bit words, all plane pairs per vector, plane
+        weights from the fp16 scales and the top-k heap inside the kernel)."""
         if not _kernels.popcount_ready(self.planes.shape[2]):
             raise ValueError("the compiled kernel needs numba and codes of a multiple of 64 bits")
-        m = self.code_dim(self.dim)
-        top = _bits.TopK(qplanes.shape[0], k, self.metric)
         qsq = self._query_sq_norms(qplanes, qw) if self.metric == "l2" else None
-        for b0 in range(0, self.ntotal, _kernels.BLOCK):
-            b1 = min(b0 + _kernels.BLOCK, self.ntotal)
-            s = _kernels.sdc_popcount(self.planes[b0:b1], self.plane_weights(self.scales[b0:b1]), qplanes, qw, m)
-            if qsq is not None:
-                s *= -2.0
-                s += qsq[:, None]
-            s += self.aux[b0:b1][None, :]
-            top.add(s, b0)
-        return top.result()
+        return _kernels.sdc_topk(self.planes, self.scales, self.aux, qplanes, qw, self.bits,
+                                 self.code_dim(self.dim), k, self.metric, qsq)
 
     def _popcount_search(self, qplanes: np.ndarray, qw: np.ndarray, k: int,
                          block: int = 256) -> tuple[np.ndarray, np.ndarray]:

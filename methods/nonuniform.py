@@ -5,8 +5,12 @@ a per-dimension level table and search by asymmetric distance: the float query a
 decoded levels, one GEMM per block of vectors (``methods/_bits.py``) for large query batches; up
 to ``_kernels.SMALL_BATCH`` queries are scored by per-query lookup tables over the packed codes
 (compiled kernel, no decoding; KVQuant's outliers corrected per vector), the same scores up to
-float rounding (search parameter ``kernel``: ``auto``, ``compiled``, ``numpy``); the lookup-table
-groups of the uniform layout are derived per search (nothing more is kept with the index).
+float rounding (search parameter ``kernel``: ``auto``, ``compiled``, ``numpy``, ``fastscan``); the
+lookup-table groups of the uniform layout are derived per search (nothing more is kept with the
+index). Codes of 1, 2 or 4 bits are kept in the fast-scan layout of ``methods/_fastscan.py`` (the
+same bytes, permuted into blocks of 32 vectors; ``codes`` converts back) and small batches take
+its certified shuffle scan (``auto``/``fastscan``; ``compiled``: every vector by exact nibble
+tables); the result is the exact scan's, up to float rounding.
 
 kvquant-nuq
     Hooper, Kim, Mohammadzadeh, Mahoney, Shao, Keutzer, Gholami, "KVQuant: Towards 10 Million
@@ -53,7 +57,7 @@ import numpy as np
 
 from harness.method import MemoryAccount, Method, nbytes
 from harness.registry import register
-from methods import _bits, _kernels
+from methods import _bits, _fastscan, _kernels
 
 TRAIN_SAMPLE = 10000
 EXPONENT_SAMPLE = 2000  # vectors on which the exponent grid is scored
@@ -87,17 +91,46 @@ class _LevelCoded(Method):
         if not self.is_valid(dim, **build_params):
             raise ValueError(f"{self.name} needs 1 <= bits <= 8")
         self.widths = np.full(dim, self.bits, dtype=np.int64)
+        # 1-, 2- and 4-bit codes are kept in the fast-scan layout (the same bytes, permuted)
+        self.nibble_layout = _fastscan.eligible(self.widths)
         self.codes = np.zeros((0, _bits.code_bytes(self.widths)), dtype=np.uint8)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Packed code rows (n, ceil(d·b/8)); from the fast-scan layout a converted copy."""
+        return self._codes.packed() if isinstance(self._codes, _fastscan.NibbleCodes) else self._codes
+
+    @codes.setter
+    def codes(self, packed: np.ndarray) -> None:
+        self._codes = _fastscan.NibbleCodes(packed) if self.nibble_layout else np.asarray(packed, dtype=np.uint8)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        codes = state.pop("codes", None)  # an index pickled before the fast-scan layout
+        self.__dict__.update(state)
+        if "_codes" not in state:
+            self.nibble_layout = _fastscan.eligible(self.widths)
+            self.codes = codes
+
+    def _append_codes(self, packed: np.ndarray) -> None:
+        if isinstance(self._codes, _fastscan.NibbleCodes):
+            self._codes.append(packed)
+        else:
+            self._codes = np.concatenate([self._codes, packed])
+
+    def _rows(self, b0: int, b1: int) -> np.ndarray:
+        """Packed code rows b0..b1-1."""
+        return self._codes.rows(b0, b1) if isinstance(self._codes, _fastscan.NibbleCodes) else self._codes[b0:b1]
 
     def _ready(self) -> None:
         """After ``add``: the scan kernels compiled (or loaded), so no timed search pays for it."""
         _kernels.warm_up()
+        _fastscan.warm_up()
 
     def _table(self) -> _bits.LevelTable:
         raise NotImplementedError
 
     def _decode_block(self, b0: int, b1: int, table: _bits.LevelTable) -> np.ndarray:
-        return table.decode(_bits.unpack_codes(self.codes[b0:b1], self.widths))
+        return table.decode(_bits.unpack_codes(self._rows(b0, b1), self.widths))
 
     def reconstruct(self) -> np.ndarray:
         """Decoded vectors of the whole index (float32, n x d)."""
@@ -105,6 +138,10 @@ class _LevelCoded(Method):
 
     def _fix(self, queries: np.ndarray) -> _bits.Fix | None:
         """Per-vector score corrections of the lookup-table scan (KVQuant's outliers)."""
+        return None
+
+    def _outliers(self) -> _fastscan.Outliers | None:
+        """KVQuant's sparse part for the fast-scan search (None: no outliers)."""
         return None
 
     def _layout(self) -> _bits.LUTLayout:
@@ -115,7 +152,17 @@ class _LevelCoded(Method):
     def search(self, queries: np.ndarray, k: int, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
         table = self._table()
         queries = np.asarray(queries, dtype=np.float32)
-        if _kernels.use_kernels(queries.shape[0], search_params.get("kernel", "auto")):
+        kernel = search_params.get("kernel", "auto")
+        nibble = isinstance(self._codes, _fastscan.NibbleCodes)
+        if kernel == "fastscan":
+            if not (nibble and _fastscan.AVAILABLE):
+                raise ValueError("kernel='fastscan' needs 1-, 2- or 4-bit codes, numba and AVX2")
+            return _fastscan.search(queries, self._codes, table, k, self.metric, self._outliers())
+        if nibble and _kernels.use_kernels(queries.shape[0], kernel):
+            # auto: the certified shuffle scan; compiled: every vector by the exact nibble tables
+            return _fastscan.search(queries, self._codes, table, k, self.metric, self._outliers(),
+                                    certified=kernel == "auto")
+        if _kernels.use_kernels(queries.shape[0], kernel):
             return _bits.lut_search(queries, self.codes, table, self._layout(), k, self.metric,
                                     self._fix(queries))
 
@@ -204,8 +251,8 @@ class KVQuantNUQ(_LevelCoded):
             pos = outlier_positions(c, self.center, self.scale, self.n_out)
             self.out_idx = np.concatenate([self.out_idx, pos.astype(np.uint16)])
             self.out_val = np.concatenate([self.out_val, np.take_along_axis(c, pos, 1).astype(np.float16)])
-            self.codes = np.concatenate([self.codes, _bits.pack_codes(self.table.encode_nearest(c), self.widths)])
-        self.ntotal = self.codes.shape[0]
+            self._append_codes(_bits.pack_codes(self.table.encode_nearest(c), self.widths))
+        self.ntotal = len(self._codes)
         self._ready()
 
     def _fix(self, queries: np.ndarray) -> _bits.Fix | None:
@@ -213,10 +260,13 @@ class KVQuantNUQ(_LevelCoded):
             return None
 
         def fix(scores: np.ndarray, b0: int, b1: int, ds: np.ndarray) -> None:
-            _kernels.outlier_fix(scores, self.codes[b0:b1], self.out_idx[b0:b1], self.out_val[b0:b1], queries,
+            _kernels.outlier_fix(scores, self._rows(b0, b1), self.out_idx[b0:b1], self.out_val[b0:b1], queries,
                                  ds, self.table.offsets, self.bits, self.metric)
 
         return fix
+
+    def _outliers(self) -> _fastscan.Outliers | None:
+        return _fastscan.Outliers(self.out_idx, self.out_val) if self.n_out else None
 
     def _table(self) -> _bits.LevelTable:
         return self.table
@@ -229,7 +279,7 @@ class KVQuantNUQ(_LevelCoded):
         return rec
 
     def memory(self) -> MemoryAccount:
-        codes = nbytes(self.codes, self.out_idx, self.out_val)
+        codes = nbytes(self._codes, self.out_idx, self.out_val)
         shared = self.table.nbytes if self.table is not None else 0
         return MemoryAccount(codes=codes, structure=0, shared=shared)
 
@@ -320,8 +370,8 @@ class NUPES(_LevelCoded):
             self.fit(x)
         codes = _bits.encode_chunked(lambda c: _bits.pack_codes(
             nupes_encode(c - self.mean, self.lo, self.step, self.bits, self.a), self.widths), x)
-        self.codes = np.concatenate([self.codes, codes])
-        self.ntotal = self.codes.shape[0]
+        self._append_codes(codes)
+        self.ntotal = len(self._codes)
         self._ready()
 
     def _table(self) -> _bits.LevelTable:
@@ -329,5 +379,5 @@ class NUPES(_LevelCoded):
         return _bits.LevelTable.uniform(lv)
 
     def memory(self) -> MemoryAccount:
-        return MemoryAccount(codes=nbytes(self.codes), structure=0,
+        return MemoryAccount(codes=nbytes(self._codes), structure=0,
                              shared=nbytes(self.mean, self.lo, self.step, self.exponent))
