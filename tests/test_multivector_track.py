@@ -230,3 +230,11 @@ def test_cli_run_on_a_tiny_multivector_folder(tmp_path):
     mu = rows[rows["method"] == "muvera"]
     assert json.loads(mu["build_params"].iloc[0])["k_sim"] in (3, 4, 5)
     assert mu["recall_at_10"].between(0.05, 1.0).all()
+
+
+def test_report_text_says_bytes_per_document_and_exact_chamfer():
+    from harness.tracks.multivector import per_document_text
+
+    text = per_document_text("392.3 B/vector; budget B/vec; bytes per vector; % of float32; exact float32 nDCG@10")
+    assert text == ("392.3 B/document; budget B/doc; bytes per document; % of exact Chamfer; "
+                    "exact Chamfer (float32 tokens) nDCG@10")

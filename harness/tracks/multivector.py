@@ -246,6 +246,6 @@ def per_document(runs: Any) -> bool:
 
 def per_document_text(text: str) -> str:
     """A report text's byte units said per document (the report's hook for this track's pages)."""
-    return text.replace("B/vec", "B/doc").replace("B/vector", "B/document").replace(
+    return text.replace("B/vector", "B/document").replace("B/vec", "B/doc").replace(
         "bytes per vector", "bytes per document").replace("exact float32", "exact Chamfer (float32 tokens)").replace(
         "% of float32", "% of exact Chamfer")
