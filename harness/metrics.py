@@ -46,9 +46,12 @@ def recall_with_ties(gt_ids: np.ndarray, gt_dist: np.ndarray, run_ids: np.ndarra
     after = np.cumprod(tied[:, k:], axis=1).astype(bool)
     accept = np.concatenate([tied[:, :k], after], axis=1)
     run = run_ids[:, :k]
+    listed = np.where(accept, gt_ids, -2)  # -2 matches no returned id (padding is -1)
     hit = np.zeros(run.shape, dtype=bool)
-    for i in range(nq):
-        hit[i] = np.isin(run[i], gt_ids[i, accept[i]]) & (run[i] >= 0)
+    step = max(1, (1 << 24) // max(1, run.shape[1] * listed.shape[1]))  # ≤ 16 MB of comparisons at once
+    for q0 in range(0, nq, step):
+        r = run[q0 : q0 + step]
+        hit[q0 : q0 + step] = (r[:, :, None] == listed[q0 : q0 + step, None, :]).any(axis=2) & (r >= 0)
     if run_dist is not None:
         if run_dist.shape[0] != nq or run_dist.shape[1] < run.shape[1]:
             raise ValueError(f"run_dist has shape {run_dist.shape}, run_ids {run_ids.shape}")

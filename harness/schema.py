@@ -10,6 +10,13 @@ default): its recall@1/@10, nDCG@10, QPS and latency all come from that one sear
 parameters. Recall@100 and Recall@100 against judgments need a search for 100 results, which for
 many methods (re-ranking, HNSW's ef ≥ k, IVF-PQ refine) is a different, slower search: it is
 timed and stored as its own operating point in the ``*_at_100`` and ``k100_*`` columns.
+
+Each query is searched once where the method allows it (``harness.worker.evaluate_searches``):
+every query is searched for 100 results, and the search for k results is timed on every query up
+to 5,000 (a seeded sample beyond). Where that search returned the first k of the 100 on every
+timed query, quality at k is read from the long search (``quality_source`` "k100-prefix");
+otherwise the remaining queries are searched for k results as well ("k-search"). Either way,
+quality at k is that of the search for k results.
 """
 
 from __future__ import annotations
@@ -71,7 +78,10 @@ COLUMNS: dict[str, str] = {
     "latency_p95_ms": "single-query latency, one thread, 95th percentile",
     "latency_p99_ms": "single-query latency, one thread, 99th percentile",
     "latency_queries": "how many single queries were timed (time-boxed)",
-    "qps_1t": "batch queries per second, one thread",
+    "qps_1t": "batch queries per second, one thread (timed on qps_queries of the queries)",
+    "qps_queries": "queries of the timed search for k results: every query up to 5,000, else a seeded sample",
+    "quality_source": "where quality at k comes from: 'k-search' (the search for k results) or 'k100-prefix' "
+                      "(the first k of the k=100 search, which equalled the k-result search on every timed query)",
     "qps_all": "batch queries per second, all threads (timed on up to 1,000 of the queries)",
     "threads_all": "threads used for qps_all",
     "tasks_per_host": "most timed tasks a Dask sweep allowed at once on the measuring host "

@@ -128,6 +128,9 @@ def _set_threads(index: Any, n: int) -> None:
 
 #: queries timed for the all-threads batch QPS (a rate; the scored searches use every query)
 QPS_ALL_QUERIES = 1000
+#: queries of the timed k-result search when a k=100 search is scored too (a rate: below this many
+#: queries it is every query, so the default data sets time and score the same search)
+QPS_1T_QUERIES = 5000
 #: a batch search faster than this is timed again (best of up to TIMING_REPEATS passes)
 MIN_TIMED_SECONDS = 0.3
 TIMING_REPEATS = 3
@@ -165,6 +168,68 @@ def _latencies(index: Any, queries: np.ndarray, k: int, params: dict[str, Any], 
         if spent >= task.latency_seconds and i + 1 >= MIN_LATENCY_QUERIES:
             return out[: i + 1]  # slow single-query scans: the row says how many were timed
     return out
+
+
+def timed_sample(nq: int, size: int | None = None) -> np.ndarray:
+    """Rows of the queries the timed k-result search runs on: all of them, or a seeded sample."""
+    size = QPS_1T_QUERIES if size is None else size
+    if nq <= size:
+        return np.arange(nq)
+    return np.sort(np.random.default_rng(0).choice(nq, size, replace=False))
+
+
+def prefix_agrees(ids_k: np.ndarray, scores_k: np.ndarray, ids_long: np.ndarray, scores_long: np.ndarray) -> bool:
+    """Whether a search for k results returned the first k results of a longer search, per query:
+    the same ids, or (a tie broken the other way) the same scores."""
+    k = ids_k.shape[1]
+    same_ids = (np.sort(ids_k, axis=1) == np.sort(ids_long[:, :k], axis=1)).all(axis=1)
+    # padding (-1) has no score: a padded slot never ties a found one
+    a = np.sort(np.where(ids_k >= 0, np.asarray(scores_k, np.float64), np.nan), axis=1)
+    b = np.sort(np.where(ids_long[:, :k] >= 0, np.asarray(scores_long[:, :k], np.float64), np.nan), axis=1)
+    same_scores = np.isclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True).all(axis=1)
+    return bool((same_ids | same_scores).all())
+
+
+def evaluate_searches(index: Any, queries: np.ndarray, k: int, qk: int, params: dict[str, Any],
+                      n: int) -> dict[str, Any]:
+    """The scored and timed searches of one operating point, one thread, each query searched once
+    where the method allows it.
+
+    Without a k=100 point (``qk <= k``) this is one timed search for k results over every query.
+    Otherwise every query is searched once for ``qk`` results (timed: ``k100_qps_1t``), and the
+    search for k results is timed on a sample (``timed_sample``: every query up to
+    QPS_1T_QUERIES). Where that sample's results are the first k of the long search's
+    (:func:`prefix_agrees`, e.g. flat scans, IVF, PQ), quality at k is read from the long search's
+    prefix; where they are not (HNSW's ef below 100, re-ranking of k·factor candidates), the queries
+    outside the sample are searched for k results too, so quality at k is always that of the
+    k-result search.
+    """
+    nq = queries.shape[0]
+    if qk <= k:
+        scores, ids, qps_1t = _timed_search(index, queries, k, params)
+        ids = validate_results(scores, ids, nq, k, n)
+        return {"ids": ids, "scores": scores, "ids_long": ids, "scores_long": scores, "qps_1t": qps_1t,
+                "qps_queries": nq, "quality_source": "k-search"}
+    scores_long, ids_long, qps_long = _timed_search(index, queries, qk, params)
+    ids_long = validate_results(scores_long, ids_long, nq, qk, n)
+    rows = timed_sample(nq)
+    sample = np.ascontiguousarray(queries[rows])
+    scores_s, ids_s, qps_1t = _timed_search(index, sample, k, params)
+    ids_s = validate_results(scores_s, ids_s, rows.size, k, n)
+    out = {"ids_long": ids_long, "scores_long": scores_long, "qps_1t": qps_1t, "k100_qps_1t": qps_long,
+           "qps_queries": int(rows.size)}
+    if prefix_agrees(ids_s, scores_s, ids_long[rows], scores_long[rows]):
+        return {**out, "ids": ids_long[:, :k], "scores": scores_long[:, :k], "quality_source": "k100-prefix"}
+    if rows.size == nq:
+        return {**out, "ids": ids_s, "scores": scores_s, "quality_source": "k-search"}
+    ids = np.empty((nq, k), dtype=ids_s.dtype)
+    scores = np.empty((nq, k), dtype=np.asarray(scores_s).dtype)
+    ids[rows], scores[rows] = ids_s, scores_s
+    rest = np.setdiff1d(np.arange(nq), rows)
+    scores_r, ids_r = index.search(np.ascontiguousarray(queries[rest]), k, **params)
+    ids[rest] = validate_results(scores_r, ids_r, rest.size, k, n)
+    scores[rest] = scores_r
+    return {**out, "ids": ids, "scores": scores, "quality_source": "k-search"}
 
 
 def task_identity(task: Task, search_params: dict[str, Any], config_hash: str) -> dict[str, Any]:
@@ -257,23 +322,18 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         t_eval = time.perf_counter()  # this row's search evaluation: search_s
         row = task_identity(task, search_params, chash)
         row.update(encoder_columns(ds.meta))  # a layer's data set: its depth and query encoding cost
-        # the timed operating point: quality, batch QPS and latency of the same search for k results
+        # the timed operating point (k results) and the k=100 one, each query searched once where
+        # the method's first k results do not depend on k (evaluate_searches)
         _set_threads(index, 1)
-        scores, ids, qps_1t = _timed_search(index, queries, k, search_params)
-        ids = validate_results(scores, ids, nq, k, ds.n)
+        searched = evaluate_searches(index, queries, k, qk, search_params, ds.n)
+        ids, scores = searched["ids"], searched["scores"]
+        ids_100, scores_100 = searched["ids_long"], searched["scores_long"]
         latencies = _latencies(index, queries, k, search_params, task)
         _set_threads(index, threads)
         # a rate: timed on a sample of queries (repeated while shorter than MIN_TIMED_SECONDS)
         _, _, qps_all = _timed_search(index, queries[:QPS_ALL_QUERIES], k, search_params)
         per_query = _quality(ds, queries, ids, gt_true, cutoffs_k, "ndcg_at_10" if k >= 10 else None)
-        # the k=100 operating point, timed on its own
-        k100: dict[str, Any] = {}
-        ids_100, scores_100 = ids, scores
-        if qk > k:
-            _set_threads(index, 1)
-            scores_100, ids_100, k100_qps = _timed_search(index, queries, qk, search_params)
-            ids_100 = validate_results(scores_100, ids_100, nq, qk, ds.n)
-            k100["k100_qps_1t"] = float(k100_qps)
+        k100 = {"k100_qps_1t": float(searched["k100_qps_1t"])} if "k100_qps_1t" in searched else {}
         per_query.update(_quality(ds, queries, ids_100, gt_true, cutoffs_100, "qrels_recall_at_100"))
 
         ram = mem.ram
@@ -297,7 +357,9 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
             "latency_queries": int(latencies.size),
-            "qps_1t": float(qps_1t),
+            "qps_1t": float(searched["qps_1t"]),
+            "qps_queries": int(searched["qps_queries"]),
+            "quality_source": searched["quality_source"],
             "qps_all": float(qps_all),
             "threads_all": threads,
             "train_s": train_s,
@@ -314,7 +376,7 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             # one file per row (a unique name): two runs never overwrite each other's raw results
             raw = Path(task.raw_dir) / task.dataset / f"{chash}-{uuid.uuid4().hex[:12]}.npz"
             with atomic_path(raw, suffix=".npz") as tmp:
-                np.savez_compressed(tmp, ids=ids_100.astype(np.int32), scores=np.asarray(scores_100, np.float32),
+                np.savez(tmp, ids=ids_100.astype(np.int32), scores=np.asarray(scores_100, np.float32),
                                     ids_k=ids.astype(np.int32), latency_ms=latencies.astype(np.float32),
                                     **{f"q_{name}": v.astype(np.float32) for name, v in per_query.items()})
             row["raw_path"] = str(raw)

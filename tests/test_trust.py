@@ -116,9 +116,10 @@ class _GrowsWithK(_Flat):
     name = "test-grows-with-k"
 
     def search(self, queries: np.ndarray, k: int, **_: Any) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(0)
         s = self._scores(np.asarray(queries, np.float32))
-        noisy = s + rng.normal(scale=s.std() * 2, size=s.shape)
+        # noise that depends on the query alone, not on the batch it came in
+        phase = np.asarray(queries, np.float64).sum(axis=1, keepdims=True) * 1e3
+        noisy = s + s.std() * 2 * np.sin(phase + 7.1 * np.arange(s.shape[1])[None, :])
         cand = np.argsort(-noisy, axis=1)[:, :k]  # candidates: k from the noisy pass
         exact = np.take_along_axis(s, cand, 1)
         order = np.argsort(-exact, axis=1)
@@ -140,6 +141,42 @@ def test_recall_at_10_comes_from_the_timed_k10_search(tmp_path, plugin):
     assert row["recall_at_10"] == pytest.approx(at_k10)  # the stored figure is the timed search's
     assert row["recall_at_100"] == pytest.approx(recall_with_ties(ds.gt_ids, ds.gt_dist, ids100, 100).mean())
     assert row["k100_qps_1t"] > 0 and row["k"] == 10
+
+
+class _OnceFlat(_Flat):
+    name = "test-once-flat"
+
+
+@pytest.mark.parametrize(("cls", "source"), [(_OnceFlat, "k100-prefix"), (_GrowsWithK, "k-search")])
+def test_each_query_is_searched_once_where_the_first_k_do_not_depend_on_k(tmp_path, plugin, monkeypatch,
+                                                                          cls, source):
+    """The k-result search is timed on a sample; quality at 10 is read from the k=100 search only
+    where the sample proved its first 10 equal the k-result search, else every query is searched
+    for 10 (the queries outside the sample too): quality at 10 is always the k=10 search's."""
+    from harness import worker
+
+    plugin(cls)
+    monkeypatch.setattr(worker, "QPS_1T_QUERIES", 7)
+    ds = _toy(tmp_path)
+    rows, _ = _sweep(ds, tmp_path, [cls.name])
+    row = rows.iloc[0]
+    index = cls(ds.dim, "l2")
+    index.add(np.asarray(ds.base))
+    _, ids10 = index.search(ds.queries, 10)
+    assert row["quality_source"] == source and row["qps_queries"] == 7 and row["nq"] == 30
+    assert row["recall_at_10"] == pytest.approx(recall_with_ties(ds.gt_ids, ds.gt_dist, ids10, 10).mean())
+    assert row["k100_qps_1t"] > 0 and row["qps_1t"] > 0
+
+
+def test_prefix_agreement_allows_ties_broken_the_other_way_and_nothing_else():
+    from harness.worker import prefix_agrees
+
+    ids_long = np.array([[3, 1, 2, 7]])
+    scores_long = np.array([[0.9, 0.5, 0.5, 0.1]], np.float32)
+    assert prefix_agrees(np.array([[3, 1]]), scores_long[:, :2], ids_long, scores_long)
+    assert prefix_agrees(np.array([[3, 2]]), np.array([[0.9, 0.5]], np.float32), ids_long, scores_long)  # a tie
+    assert not prefix_agrees(np.array([[3, 7]]), np.array([[0.9, 0.1]], np.float32), ids_long, scores_long)
+    assert not prefix_agrees(np.array([[3, -1]]), scores_long[:, :2], ids_long, scores_long)  # padding
 
 
 # --- 3. validated results --------------------------------------------------------------------
