@@ -281,7 +281,6 @@ def run_task(task: Task) -> list[dict[str, Any]]:
 
         return track_module(cls.input_kind).run_task(task, ds, cls)
     threads = _all_threads(task)
-    nq = queries.shape[0]
     if ds.n > task.train_size:
         rows = np.sort(np.random.default_rng(0).choice(ds.n, task.train_size, replace=False))
         train = base[rows]
@@ -326,7 +325,7 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         # the method's first k results do not depend on k (evaluate_searches)
         _set_threads(index, 1)
         searched = evaluate_searches(index, queries, k, qk, search_params, ds.n)
-        ids, scores = searched["ids"], searched["scores"]
+        ids = searched["ids"]
         ids_100, scores_100 = searched["ids_long"], searched["scores_long"]
         latencies = _latencies(index, queries, k, search_params, task)
         _set_threads(index, threads)
