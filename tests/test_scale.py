@@ -168,6 +168,29 @@ def test_pq_add_in_chunks_gives_the_codes_of_one_add(monkeypatch):
     np.testing.assert_array_equal(faiss.vector_to_array(index.index.codes), faiss.vector_to_array(one.codes))
 
 
+@pytest.mark.parametrize("method", ["pq", "opq-pq"])
+def test_pq_search_in_blocks_gives_the_results_of_one_call(monkeypatch, method):
+    """A flat PQ scan searches in blocks of queries (faiss builds every query's tables at once)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 64)).astype(np.float32)
+    q = rng.normal(size=(700, 64)).astype(np.float32)
+    from harness.registry import get_method
+
+    index = get_method(method)(64, "l2", m=8, nbits=8)
+    index.set_num_threads(1)
+    index.fit(x)
+    index.add(x)
+    one_d, one_i = index.index.search(q, 10)  # one faiss call
+    monkeypatch.setattr(_faiss, "SEARCH_TABLE_BYTES", 100 * 4 * 256 * 8)  # 100-query blocks
+    assert _faiss.search_chunk_rows(index.index, q.shape[0]) == 100
+    d, i = index.search(q, 10)
+    np.testing.assert_array_equal(i, one_i)
+    np.testing.assert_allclose(d, one_d, rtol=1e-6)
+    ivf = get_method("ivf-pq")(64, "l2", m=8, nlist_c=1)
+    ivf.fit(x)
+    assert _faiss.search_chunk_rows(ivf.index, 700) == 700  # IVF-PQ builds tables per query
+
+
 # ----- the scale table reads stored runs ---------------------------------------------------------
 def _scale_module():
     import importlib.util
