@@ -15,8 +15,10 @@ Each query is searched once where the method allows it (``harness.worker.evaluat
 every query is searched for 100 results, and the search for k results is timed on every query up
 to 5,000 (a seeded sample beyond). Where that search returned the first k of the 100 on every
 timed query, quality at k is read from the long search (``quality_source`` "k100-prefix");
-otherwise the remaining queries are searched for k results as well ("k-search"). Either way,
-quality at k is that of the search for k results.
+otherwise the remaining queries are searched for k results as well ("k-search"). Up to 5,000
+queries (every default data set) the check covers every query, so quality at k is exactly the
+k-result search's; beyond, zero disagreements among 5,000 sampled queries bound the share of
+queries that could differ below 0.06% (95%, the rule of three).
 """
 
 from __future__ import annotations
