@@ -1,6 +1,6 @@
 """The scale table (issue 13 §3): the same methods at 20k, 117k and 1M vectors, from stored runs.
 
-Reads the results store (``results/runs``, or ``--results-dir``); nothing is measured here and no
+Reads a results store (the scale track's ``results/scale``, or ``--results-dir``); nothing is measured here and no
 number is written by hand. For each size, method and budget it takes the configuration with the
 best recall@10 whose measured bytes per vector fit the budget (the leaderboard's placement), and
 shows bytes/vector, recall@10, batch QPS (one thread), build time (train + add), search
@@ -8,8 +8,8 @@ evaluation time, build peak RSS (fit + add) and the worker's peak RSS, and the d
 encode and ground-truth times. It then says which sizes (and which methods at a size) have no
 stored runs yet, with the command that makes them.
 
-    python benchmarks/scale.py                 # budgets 64 and 256 B/vector
-    python benchmarks/scale.py -b 128 --out results/scale_table.md
+    python benchmarks/scale.py --out results/scale_table.md   # results/scale, suite scale, 64/512/2048 B
+    python benchmarks/scale.py -b 128 --results-dir results --suite default
 
 Sizes: ``20k`` = ``wordnet`` (default subset), ``117k`` = ``wordnet`` with ``--full``
 (all 117,659 definitions), ``1M`` = ``synthetic-minilm-1m``. ``--size LABEL=DATASET:N`` replaces
@@ -34,11 +34,13 @@ from harness.leaderboard import PLACEMENT_SLACK  # noqa: E402
 from harness.registry import suite  # noqa: E402
 from harness.store import ResultStore, latest  # noqa: E402
 
+#: the scale track's sweep (methods/suites.toml "scale"), stored apart from the published results
+TRACK = "--suite scale -b 64 -b 512 -b 2048 --results-dir results/scale"
 #: (label, data set name, n, the command that stores its runs)
 SIZES = [
-    ("20k", "wordnet", 20_000, "vecbudget run"),
-    ("117k", "wordnet", 117_659, "vecbudget run -d wordnet --full"),
-    ("1M", "synthetic-minilm-1m", 1_000_000, "vecbudget run -d synthetic-minilm-1m"),
+    ("20k", "wordnet", 20_000, f"vecbudget run -d wordnet {TRACK}"),
+    ("117k", "wordnet", 117_659, f"vecbudget run -d wordnet --full {TRACK}"),
+    ("1M", "synthetic-minilm-1m", 1_000_000, f"vecbudget run -d synthetic-minilm-1m {TRACK}"),
 ]
 COLUMNS = ["size", "budget", "method", "build", "search", "B/vec", "recall@10", "QPS (1 thread)", "build s",
            "search s", "build peak RSS MB", "build peak growth MB", "peak RSS MB"]
@@ -117,6 +119,30 @@ def dataset_phases(df: pd.DataFrame, sizes: list[tuple[str, str, int, str]],
     return lines
 
 
+def sweep_times(df: pd.DataFrame, sizes: list[tuple[str, str, int, str]],
+                methods: list[str] | None = None) -> list[str]:
+    """One line per size: the time its stored rows spent, per phase and per method, and the
+    largest worker peak RSS (train and add counted once per build; evaluation once per row)."""
+    lines = []
+    for label, dataset, n, _ in sizes:
+        runs = runs_at(df, dataset, n, methods)
+        if runs.empty:
+            continue
+        builds = runs.drop_duplicates(["method", "build_params"])
+        train, add = builds["train_s"].sum(), builds["build_s"].sum()
+        search = runs["search_s"].sum() if "search_s" in runs else math.nan
+        per_method = (builds.groupby("method")[["train_s", "build_s"]].sum().sum(axis=1)
+                      + runs.groupby("method")["search_s"].sum()).sort_values(ascending=False)
+        top = max(runs["peak_rss_mb"]) if "peak_rss_mb" in runs else math.nan
+        top_method = runs.loc[runs["peak_rss_mb"].idxmax(), "method"] if "peak_rss_mb" in runs else "-"
+        lines.append(
+            f"- {label}: {len(builds)} builds, {len(runs)} rows, {(train + add + search) / 60:.1f} min in the workers "
+            f"(train {train / 60:.1f}, add {add / 60:.1f}, evaluation {search / 60:.1f}); by method: "
+            + ", ".join(f"{m} {t / 60:.1f}" for m, t in per_method.items())
+            + f"; largest worker peak RSS {top:,.0f} MB ({top_method})")
+    return lines
+
+
 def missing(df: pd.DataFrame, sizes: list[tuple[str, str, int, str]], methods: list[str] | None = None) -> list[str]:
     """What the table still lacks: sizes without runs, and methods (of ``methods``, else those
     stored at any size) without runs at a size."""
@@ -151,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-b", "--budget", type=float, action="append", help="bytes per vector (repeat)")
     ap.add_argument("--size", action="append", help="LABEL=DATASET:N (repeat; replaces the default sizes)")
-    ap.add_argument("--suite", default="default", help="methods of this suite (methods/suites.toml), or 'all'")
-    ap.add_argument("--results-dir", default=str(REPO / "results"))
+    ap.add_argument("--suite", default="scale", help="methods of this suite (methods/suites.toml), or 'all'")
+    ap.add_argument("--results-dir", default=str(REPO / "results" / "scale"))
     ap.add_argument("--out", help="also write the table (markdown) here")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.size] if args.size else SIZES
-    budgets = args.budget or [64.0, 256.0]
+    budgets = args.budget or [64.0, 512.0, 2048.0]
     df = ResultStore(args.results_dir).load()
     methods = None if args.suite == "all" else suite(args.suite)
     table = scale_table(df, sizes, budgets, methods)
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     text.append(to_markdown(table) if not table.empty else "(no stored runs at these sizes)")
     if phases := dataset_phases(df, sizes, methods):
         text += ["", "Data set preparation (one-time, recorded when each was prepared):", *phases]
+    if times := sweep_times(df, sizes, methods):
+        text += ["", "Time in the workers (minutes, from the rows) and peak memory:", *times]
     if gaps := missing(df, sizes, methods):
         text += ["", "Still missing:", *gaps]
     out = "\n".join(text) + "\n"

@@ -229,3 +229,5 @@ def test_scale_table_takes_the_best_fitting_configuration_per_size_and_names_wha
     gaps = scale.missing(df, sizes, ["pq", "sq8"])
     assert gaps == ["- big: no runs of sq8 — run `run big`", "- huge: no stored runs of wn at n=1,000,000 — run `run huge`"]
     assert "encode 7 s, ground truth 8 s" in scale.dataset_phases(df, sizes)[0]
+    small = scale.sweep_times(df, sizes, ["pq", "sq8"])[0]  # pq's three rows share build_params "{}"
+    assert small.startswith("- small: 2 builds, 4 rows, 0.3 min") and "largest worker peak RSS 60 MB" in small
