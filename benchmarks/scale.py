@@ -130,11 +130,11 @@ def sweep_times(df: pd.DataFrame, sizes: list[tuple[str, str, int, str]],
             continue
         builds = runs.drop_duplicates(["method", "build_params"])
         train, add = builds["train_s"].sum(), builds["build_s"].sum()
-        search = runs["search_s"].sum() if "search_s" in runs else math.nan
+        search = runs["search_s"].sum()
         per_method = (builds.groupby("method")[["train_s", "build_s"]].sum().sum(axis=1)
                       + runs.groupby("method")["search_s"].sum()).sort_values(ascending=False)
-        top = max(runs["peak_rss_mb"]) if "peak_rss_mb" in runs else math.nan
-        top_method = runs.loc[runs["peak_rss_mb"].idxmax(), "method"] if "peak_rss_mb" in runs else "-"
+        peak = runs.loc[runs["peak_rss_mb"].idxmax()]
+        top, top_method = peak["peak_rss_mb"], peak["method"]
         lines.append(
             f"- {label}: {len(builds)} builds, {len(runs)} rows, {(train + add + search) / 60:.1f} min in the workers "
             f"(train {train / 60:.1f}, add {add / 60:.1f}, evaluation {search / 60:.1f}); by method: "

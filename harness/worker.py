@@ -209,8 +209,8 @@ def evaluate_searches(index: Any, queries: np.ndarray, k: int, qk: int, params: 
     if qk <= k:
         scores, ids, qps_1t = _timed_search(index, queries, k, params)
         ids = validate_results(scores, ids, nq, k, n)
-        return {"ids": ids, "scores": scores, "ids_long": ids, "scores_long": scores, "qps_1t": qps_1t,
-                "qps_queries": nq, "quality_source": "k-search"}
+        return {"ids": ids, "ids_long": ids, "scores_long": scores, "qps_1t": qps_1t, "qps_queries": nq,
+                "quality_source": "k-search"}
     scores_long, ids_long, qps_long = _timed_search(index, queries, qk, params)
     ids_long = validate_results(scores_long, ids_long, nq, qk, n)
     rows = timed_sample(nq)
@@ -220,17 +220,15 @@ def evaluate_searches(index: Any, queries: np.ndarray, k: int, qk: int, params: 
     out = {"ids_long": ids_long, "scores_long": scores_long, "qps_1t": qps_1t, "k100_qps_1t": qps_long,
            "qps_queries": int(rows.size)}
     if prefix_agrees(ids_s, scores_s, ids_long[rows], scores_long[rows]):
-        return {**out, "ids": ids_long[:, :k], "scores": scores_long[:, :k], "quality_source": "k100-prefix"}
+        return {**out, "ids": ids_long[:, :k], "quality_source": "k100-prefix"}
     if rows.size == nq:
-        return {**out, "ids": ids_s, "scores": scores_s, "quality_source": "k-search"}
+        return {**out, "ids": ids_s, "quality_source": "k-search"}
     ids = np.empty((nq, k), dtype=ids_s.dtype)
-    scores = np.empty((nq, k), dtype=np.asarray(scores_s).dtype)
-    ids[rows], scores[rows] = ids_s, scores_s
+    ids[rows] = ids_s
     rest = np.setdiff1d(np.arange(nq), rows)
     scores_r, ids_r = index.search(np.ascontiguousarray(queries[rest]), k, **params)
     ids[rest] = validate_results(scores_r, ids_r, rest.size, k, n)
-    scores[rest] = scores_r
-    return {**out, "ids": ids, "scores": scores, "quality_source": "k-search"}
+    return {**out, "ids": ids, "quality_source": "k-search"}
 
 
 def task_identity(task: Task, search_params: dict[str, Any], config_hash: str) -> dict[str, Any]:
@@ -377,8 +375,8 @@ def run_task(task: Task) -> list[dict[str, Any]]:
             raw = Path(task.raw_dir) / task.dataset / f"{chash}-{uuid.uuid4().hex[:12]}.npz"
             with atomic_path(raw, suffix=".npz") as tmp:
                 np.savez(tmp, ids=ids_100.astype(np.int32), scores=np.asarray(scores_100, np.float32),
-                                    ids_k=ids.astype(np.int32), latency_ms=latencies.astype(np.float32),
-                                    **{f"q_{name}": v.astype(np.float32) for name, v in per_query.items()})
+                         ids_k=ids.astype(np.int32), latency_ms=latencies.astype(np.float32),
+                         **{f"q_{name}": v.astype(np.float32) for name, v in per_query.items()})
             row["raw_path"] = str(raw)
         if mem.disk > 0:  # two-tier (RAM + disk): warm / cold latency, bytes read (harness/disk_tier.py)
             from harness import disk_tier

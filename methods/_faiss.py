@@ -234,11 +234,16 @@ def pq_codebook_bytes(dim: int, nbits: int) -> int:
 ADD_TABLE_BYTES = 32 << 20
 
 
-def _find_pq(index: faiss.Index) -> faiss.ProductQuantizer | None:
+def _innermost(index: faiss.Index) -> faiss.Index:
+    """The index under any pre-transforms (OPQ) and re-ranking tiers (IndexRefine)."""
     index = faiss.downcast_index(index)
     while isinstance(index, (faiss.IndexPreTransform, faiss.IndexRefine)):
         index = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index.base_index)
-    pq = getattr(index, "pq", None)
+    return index
+
+
+def _find_pq(index: faiss.Index) -> faiss.ProductQuantizer | None:
+    pq = getattr(_innermost(index), "pq", None)
     return pq if isinstance(pq, faiss.ProductQuantizer) else None
 
 
@@ -270,9 +275,7 @@ def search_chunk_rows(index: faiss.Index, nq: int) -> int:
     them; each query's results are the same. IVF-PQ builds its tables per query and is searched
     in one call, as is every index without a product quantizer.
     """
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, (faiss.IndexPreTransform, faiss.IndexRefine)):
-        inner = faiss.downcast_index(inner.index if isinstance(inner, faiss.IndexPreTransform) else inner.base_index)
+    inner = _innermost(index)
     if not isinstance(inner, faiss.IndexPQ):
         return max(int(nq), 1)
     per_query = 4 * int(inner.pq.ksub) * int(inner.pq.M)
